@@ -1,0 +1,47 @@
+// The one seam through which moe-ep talks to the network. Everything above comm/ sees only this
+// interface; MpiCommunicator (comm/mpi_communicator.hpp) implements it over MPI.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+
+namespace moe::comm {
+
+enum class ReduceOp { sum, max, min };
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // Host name of this rank, for error messages.
+  virtual const std::string& host() const = 0;
+
+  // Splits into sub-groups of the ranks that pass the same color, ordered by key (MPI_Comm_split).
+  virtual std::unique_ptr<Communicator> split(int color, int key) const = 0;
+
+  // All-to-all with per-peer byte counts. Block p of `send` (send_bytes[p] bytes, blocks packed
+  // back to back in peer order) goes to rank p; block q of `recv` comes from rank q. Both spans of
+  // counts have size() entries. Correct for any total beyond 2^31 bytes.
+  virtual void alltoallv(const std::byte* send, std::span<const std::size_t> send_bytes,
+                         std::byte* recv, std::span<const std::size_t> recv_bytes) = 0;
+
+  // Exchanges one fixed-size block of `block_bytes` with every peer (MPI_Alltoall).
+  virtual void alltoall(const std::byte* send, std::byte* recv, std::size_t block_bytes) = 0;
+
+  // Gathers `block_bytes` from every rank into recv (size() blocks, rank order) on every rank.
+  virtual void allgather(const std::byte* send, std::byte* recv, std::size_t block_bytes) = 0;
+
+  // In-place element-wise reductions over all ranks of this communicator.
+  virtual void allreduce(std::span<float> data, ReduceOp op) = 0;
+  virtual void allreduce(std::span<double> data, ReduceOp op) = 0;
+  virtual void allreduce(std::span<std::int64_t> data, ReduceOp op) = 0;
+
+  virtual void barrier() = 0;
+};
+
+}  // namespace moe::comm

@@ -1,0 +1,34 @@
+// Forward and backward of a shard's experts on rows already grouped by local expert: rows
+// [offsets[e], offsets[e+1]) of the batch belong to local expert e. Matrix products are oneDNN
+// GEMMs, one per expert and weight matrix; nothing loops over tokens for a matrix product.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "experts/expert_shard.hpp"
+
+namespace moe::experts {
+
+// What backward needs from forward, owned by the caller (one per micro-batch in flight).
+// Vectors grow to the largest batch seen and are then reused: no allocation in steady state.
+struct FfnActivations {
+  std::vector<float> hidden_pre;   // [N, h]  x·w1ᵀ + b1
+  std::vector<float> hidden_gate;  // [N, h]  x·w3ᵀ (swiglu only)
+  std::vector<float> hidden_act;   // [N, h]  activated hidden, the input of w2
+};
+
+// offsets has num_experts()+1 entries, offsets[0] == 0, non-decreasing; x and y are [N, d] with
+// N == offsets.back().
+void ffn_forward(const ExpertShard& shard, std::span<const float> x,
+                 std::span<const std::int64_t> offsets, std::span<float> y,
+                 FfnActivations& saved);
+
+// Given dy [N, d], writes dx [N, d] and ADDS every parameter gradient into grads (same shape as
+// shard), so chunks of one batch accumulate.
+void ffn_backward(const ExpertShard& shard, std::span<const float> x,
+                  std::span<const std::int64_t> offsets, const FfnActivations& saved,
+                  std::span<const float> dy, std::span<float> dx, ExpertShard& grads);
+
+}  // namespace moe::experts
