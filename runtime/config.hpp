@@ -1,0 +1,56 @@
+// The configuration of one MoE layer: every option of SPEC.md with its default, validated once at
+// construction with a message that names the option, its value and the rule it breaks.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "experts/activation.hpp"
+
+namespace moe {
+
+enum class DropPolicy { position, score };
+
+std::optional<DropPolicy> parse_drop_policy(std::string_view name);
+std::string_view to_string(DropPolicy policy);
+
+struct MoeConfig {
+  std::int64_t num_experts = 0;  // E, a multiple of the expert-parallel size
+  std::int64_t d_model = 0;      // d
+  std::int64_t d_hidden = 0;     // h
+  std::int64_t top_k = 2;        // k, 1..E
+  double capacity_factor = 1.25; // <= 0: dropless
+  std::int64_t min_capacity = 4;
+  DropPolicy drop_policy = DropPolicy::position;
+  experts::Activation activation = experts::Activation::gelu;
+  bool normalize_topk = false;
+  double aux_loss_coef = 0.01;
+  double z_loss_coef = 0.0;
+
+  bool dropless() const { return capacity_factor <= 0.0; }
+  std::int64_t experts_per_rank(int ep_size) const { return num_experts / ep_size; }
+
+  // Throws moe::Error naming the first option that is out of range for `ep_size` ranks.
+  void validate(int ep_size) const;
+
+  // Metadata form (as in a layer case file, SPEC.md section 11): only the layer options, not
+  // the shapes, which come from the tensors.
+  std::map<std::string, std::string> options_to_metadata() const;
+  // Sets the options present in `metadata`; keys it does not know are ignored (a case file carries
+  // other keys too). A value that does not parse throws moe::Error naming the key and value.
+  void options_from_metadata(const std::map<std::string, std::string>& metadata);
+
+  // One line for logs: "E=8 d=512 h=1024 k=2 cf=1.25 min_capacity=4 policy=position ...".
+  std::string summary() const;
+};
+
+// Strict parsers for user-given text: the whole string must be the value. They throw moe::Error
+// naming `what` and the text.
+std::int64_t parse_int64(std::string_view what, std::string_view text);
+double parse_double(std::string_view what, std::string_view text);
+bool parse_bool(std::string_view what, std::string_view text);
+
+}  // namespace moe

@@ -1,0 +1,86 @@
+// The expert-parallel MoE layer: router, dispatch plan, exchange, the local experts, exchange back
+// and combine (SPEC.md sections 3-7). Every rank of the expert-parallel communicator constructs one
+// and calls forward together; each rank passes only its own tokens and hosts only its own experts.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "comm/communicator.hpp"
+#include "experts/expert_shard.hpp"
+#include "experts/grouped_ffn.hpp"
+#include "runtime/config.hpp"
+#include "runtime/dispatch_plan.hpp"
+#include "runtime/router.hpp"
+#include "runtime/stats.hpp"
+
+namespace moe {
+
+// What one forward produced besides its output.
+struct ForwardResult {
+  double aux_loss = 0;  // identical on every rank of the group
+  double z_loss = 0;
+  ForwardStats stats;
+};
+
+// Everything a forward keeps for its backward: routing, plan, saved expert activations. Keep one
+// per micro-batch in flight; reusing one across calls of the same shape allocates nothing.
+class ForwardContext {
+ public:
+  const ForwardResult& result() const { return result_; }
+
+ private:
+  friend class MoeLayer;
+  RouterOutput router_;
+  DispatchPlan plan_;
+  std::vector<float> expert_input_;   // received rows, grouped by local expert
+  experts::FfnActivations ffn_;
+  std::vector<float> returned_;       // expert outputs back home, in send order
+  ForwardResult result_;
+};
+
+class MoeLayer {
+ public:
+  // Collective over `ep_comm`: every rank validates `config`; an error on any rank becomes the
+  // same moe::Error on every rank. Parameters start at zero; set them through gate_weight() and
+  // experts(). The communicator must outlive the layer.
+  MoeLayer(const MoeConfig& config, comm::Communicator& ep_comm);
+
+  const MoeConfig& config() const { return config_; }
+  int ep_rank() const { return comm_.rank(); }
+  int ep_size() const { return comm_.size(); }
+  std::int64_t experts_per_rank() const { return config_.num_experts / ep_size(); }
+  // Global index of this rank's first expert; it owns experts_per_rank() consecutive ones.
+  std::int64_t first_expert() const { return ep_rank() * experts_per_rank(); }
+
+  // The router's weight [E, d], replicated on every rank.
+  std::span<float> gate_weight() { return gate_weight_; }
+  std::span<const float> gate_weight() const { return gate_weight_; }
+  // This rank's experts (local index e is global expert first_expert() + e).
+  experts::ExpertShard& experts() { return experts_; }
+  const experts::ExpertShard& experts() const { return experts_; }
+
+  // Collective. x and y are [T, d] row-major for this rank's T tokens (T may differ between ranks
+  // and may be 0). A bad shape on any rank is reported by every rank as the same moe::Error.
+  const ForwardResult& forward(std::span<const float> x, std::span<float> y, ForwardContext& ctx);
+
+ private:
+  void exchange_counts(ForwardContext& ctx, const std::string& local_error);
+  void exchange_rows(const DispatchPlan& plan, std::span<const float> send, std::span<float> recv,
+                     bool forward_direction);
+  void reduce_statistics(ForwardContext& ctx);
+
+  MoeConfig config_;
+  comm::Communicator& comm_;
+  std::vector<float> gate_weight_;
+  experts::ExpertShard experts_;
+
+  // Workspace reused by every call: it grows to the largest batch and then stays.
+  std::vector<float> send_rows_, recv_rows_, expert_output_;
+  std::vector<std::int64_t> count_send_, count_recv_, recv_counts_;
+  std::vector<std::size_t> send_bytes_, recv_bytes_;
+  std::vector<double> stat_local_, stat_all_, prob_sum_;
+};
+
+}  // namespace moe

@@ -1,0 +1,31 @@
+// Statistics of one forward pass (SPEC.md section 10).
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string_view>
+#include <vector>
+
+namespace moe {
+
+enum class Phase { route, permute, exchange, experts, exchange_back, combine };
+inline constexpr std::size_t kNumPhases = 6;
+inline constexpr std::array<std::string_view, kNumPhases> kPhaseNames = {
+    "route", "permute", "exchange", "experts", "exchange_back", "combine"};
+
+struct ForwardStats {
+  std::int64_t total_tokens = 0;               // T over the whole group
+  std::vector<std::int64_t> expert_counts;     // [E] assignments before dropping, whole group
+  std::vector<std::int64_t> expert_kept;       // [E] after dropping, whole group
+  std::int64_t dropped_assignments = 0;        // whole group
+  std::int64_t dropped_tokens = 0;             // tokens with every assignment dropped, whole group
+  std::vector<std::int64_t> bytes_sent;        // [P] payload bytes each rank sent to other ranks
+                                               // (dispatch and return; rows kept local excluded)
+  std::vector<std::int64_t> bytes_received;    // [P]
+  std::array<double, kNumPhases> phase_seconds{};  // this rank's wall time per phase
+
+  double& seconds(Phase phase) { return phase_seconds[static_cast<std::size_t>(phase)]; }
+  double seconds(Phase phase) const { return phase_seconds[static_cast<std::size_t>(phase)]; }
+};
+
+}  // namespace moe

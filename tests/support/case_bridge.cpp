@@ -1,0 +1,157 @@
+#include "tests/support/case_bridge.hpp"
+
+#include <cmath>
+
+#include "experts/activation.hpp"
+#include "runtime/error.hpp"
+#include "runtime/layer_case.hpp"
+
+namespace moe::test {
+namespace {
+
+// FNV-1a: a seed per case name that is the same with every standard library.
+std::uint64_t seed_of(const std::string& name) {
+  std::uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : name) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+Tensor to_tensor(std::vector<std::int64_t> shape, const std::vector<double>& values) {
+  std::vector<float> narrow(values.begin(), values.end());
+  return Tensor::from_f32(std::move(shape), narrow);
+}
+
+}  // namespace
+
+MoeConfig to_config(const ref::LayerConfig& config) {
+  MoeConfig out;
+  out.num_experts = config.num_experts;
+  out.d_model = config.d_model;
+  out.d_hidden = config.d_hidden;
+  out.top_k = config.top_k;
+  out.capacity_factor = config.capacity_factor;
+  out.min_capacity = config.min_capacity;
+  out.drop_policy = parse_drop_policy(config.drop_policy).value();
+  out.activation = experts::parse_activation(config.activation).value();
+  out.normalize_topk = config.normalize_topk;
+  out.aux_loss_coef = config.aux_loss_coef;
+  out.z_loss_coef = config.z_loss_coef;
+  return out;
+}
+
+SafetensorsFile to_case_file(const ref::LayerCase& c) {
+  const auto& cfg = c.config;
+  const std::int64_t d = cfg.d_model, h = cfg.d_hidden, e_count = cfg.num_experts;
+  const std::int64_t total = static_cast<std::int64_t>(c.input.size()) / d;
+  std::map<std::string, Tensor> tensors;
+  tensors["gate.weight"] = to_tensor({e_count, d}, c.params.gate);
+  tensors["input"] = to_tensor({total, d}, c.input);
+  if (!c.grad_output.empty()) tensors["grad_output"] = to_tensor({total, d}, c.grad_output);
+  for (std::int64_t e = 0; e < e_count; ++e) {
+    const ref::ExpertParams& p = c.params.experts[static_cast<std::size_t>(e)];
+    const std::string prefix = "experts." + std::to_string(e) + ".";
+    tensors[prefix + "w1.weight"] = to_tensor({h, d}, p.w1);
+    tensors[prefix + "w2.weight"] = to_tensor({d, h}, p.w2);
+    if (cfg.activation == "swiglu") {
+      tensors[prefix + "w3.weight"] = to_tensor({h, d}, p.w3);
+    } else {
+      tensors[prefix + "w1.bias"] = to_tensor({h}, p.b1);
+      tensors[prefix + "w2.bias"] = to_tensor({d}, p.b2);
+    }
+  }
+  return make_layer_case_file(to_config(cfg), c.tokens_per_rank, std::move(tensors));
+}
+
+void ErrorSums::add(std::span<const float> actual, std::span<const double> expected) {
+  if (actual.size() != expected.size()) {
+    throw std::invalid_argument("ErrorSums::add: sizes differ");
+  }
+  for (std::size_t i = 0; i < actual.size(); ++i) add(static_cast<double>(actual[i]), expected[i]);
+}
+
+void ErrorSums::add(double actual, double expected) {
+  diff_sq += (actual - expected) * (actual - expected);
+  ref_sq += expected * expected;
+}
+
+double ErrorSums::relative() const {
+  return ref_sq > 0 ? std::sqrt(diff_sq / ref_sq) : std::sqrt(diff_sq);
+}
+
+std::vector<NamedCase> standard_cases(int ranks) {
+  // Uneven token counts, cycling so every rank count has variety; rank 1 of the "empty" pattern
+  // holds no tokens.
+  auto tokens = [ranks](std::vector<std::int64_t> pattern) {
+    std::vector<std::int64_t> out;
+    for (int r = 0; r < ranks; ++r) out.push_back(pattern[static_cast<std::size_t>(r) % pattern.size()]);
+    return out;
+  };
+  const auto uneven = tokens({37, 23, 52, 9});
+  const auto with_empty = ranks > 1 ? tokens({29, 0, 41, 0}) : std::vector<std::int64_t>{0};
+
+  auto make = [&](std::string name, auto&& tweak, std::vector<std::int64_t> tpr = {}) {
+    ref::CaseSpec spec;
+    spec.config.num_experts = 8;
+    spec.config.d_model = 12;
+    spec.config.d_hidden = 20;
+    spec.tokens_per_rank = tpr.empty() ? uneven : tpr;
+    spec.seed = seed_of(name);
+    tweak(spec);
+    return NamedCase{std::move(name), std::move(spec)};
+  };
+  auto keep = [](ref::CaseSpec&) {};
+
+  std::vector<NamedCase> cases;
+  cases.push_back(make("default", keep));
+  cases.push_back(make("empty_rank", keep, with_empty));
+  cases.push_back(make("hot_expert", [](auto& s) { s.hot_expert = true; }));
+  cases.push_back(make("top1", [](auto& s) { s.config.top_k = 1; }));
+  cases.push_back(make("top_all", [](auto& s) { s.config.top_k = s.config.num_experts; }));
+  cases.push_back(make("experts_eq_ranks", [ranks](auto& s) {
+    s.config.num_experts = ranks;
+    s.config.top_k = std::min<std::int64_t>(2, ranks);
+  }));
+  cases.push_back(make("experts64", [](auto& s) {
+    s.config.num_experts = 64;
+    s.config.d_model = 16;
+    s.config.d_hidden = 8;
+  }, tokens({70, 45, 90, 33})));
+  cases.push_back(make("dropless", [](auto& s) {
+    s.config.capacity_factor = 0;
+    s.hot_expert = true;
+  }));
+  cases.push_back(make("tight_capacity", [](auto& s) {
+    s.config.capacity_factor = 0.5;
+    s.config.min_capacity = 1;
+  }));
+  cases.push_back(make("score_policy", [](auto& s) {
+    s.config.drop_policy = "score";
+    s.config.capacity_factor = 0.5;
+    s.config.min_capacity = 1;
+    s.hot_expert = true;
+  }));
+  cases.push_back(make("normalize_topk", [](auto& s) {
+    s.config.normalize_topk = true;
+    s.config.capacity_factor = 0.75;
+  }));
+  cases.push_back(make("normalize_top1", [](auto& s) {
+    s.config.normalize_topk = true;
+    s.config.top_k = 1;
+  }));
+  cases.push_back(make("losses", [](auto& s) {
+    s.config.aux_loss_coef = 0.1;
+    s.config.z_loss_coef = 0.01;
+  }));
+  for (const char* act : {"gelu_tanh", "relu", "silu", "swiglu"}) {
+    cases.push_back(make(std::string("act_") + act, [act](auto& s) { s.config.activation = act; }));
+  }
+  cases.push_back(make("odd_dims", [](auto& s) {
+    s.config.d_model = 13;
+    s.config.d_hidden = 7;
+    s.config.activation = "swiglu";
+    s.config.drop_policy = "score";
+  }));
+  return cases;
+}
+
+}  // namespace moe::test

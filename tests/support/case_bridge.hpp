@@ -1,0 +1,41 @@
+// Turns the float64 reference's cases into what the runtime takes (a layer case file, a config),
+// and measures results against the reference. Shared by the layer tests and the replay tools.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "runtime/config.hpp"
+#include "runtime/safetensors.hpp"
+#include "tests/reference/moe_reference.hpp"
+
+namespace moe::test {
+
+MoeConfig to_config(const ref::LayerConfig& config);
+
+// The case as a SPEC.md section 11 file: parameters, input, grad_output (when present) and
+// metadata. Values are exact: the generator draws float-representable numbers.
+SafetensorsFile to_case_file(const ref::LayerCase& c);
+
+// Sums for ‖a − ref‖ / ‖ref‖, so ranks can add their parts before dividing.
+struct ErrorSums {
+  double diff_sq = 0;
+  double ref_sq = 0;
+  void add(std::span<const float> actual, std::span<const double> expected);
+  void add(double actual, double expected);
+  // Relative error; when the reference is exactly zero, the absolute error instead.
+  double relative() const;
+};
+
+// The layer cases SPEC.md and the forward issue name, for a group of `ranks` ranks: uneven tokens,
+// an empty rank, a hot expert, k = 1, k = E, E = P, E = 64, dropless, tight capacity, the score
+// policy, normalize_topk, every activation, d and h not multiples of 8.
+struct NamedCase {
+  std::string name;
+  ref::CaseSpec spec;
+};
+std::vector<NamedCase> standard_cases(int ranks);
+
+}  // namespace moe::test
