@@ -1,0 +1,257 @@
+#include "comm/mpi_communicator.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "comm/mpi_check.hpp"
+
+namespace moe::comm {
+namespace {
+
+constexpr std::size_t int_max = static_cast<std::size_t>(INT_MAX);
+
+MPI_Op to_mpi(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::sum: return MPI_SUM;
+    case ReduceOp::max: return MPI_MAX;
+    case ReduceOp::min: return MPI_MIN;
+  }
+  throw std::invalid_argument("moe::comm: unknown ReduceOp");
+}
+
+template <class T>
+void allreduce_in_place(MPI_Comm comm, std::span<T> data, MPI_Datatype type, ReduceOp op) {
+  const MPI_Op mpi_op = to_mpi(op);
+  // Every rank holds the same length, so every rank makes the same number of calls.
+  for (std::size_t begin = 0; begin < data.size(); begin += int_max) {
+    const std::size_t count = std::min(int_max, data.size() - begin);
+    MOE_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, data.data() + begin, static_cast<int>(count), type,
+                                mpi_op, comm));
+  }
+}
+
+void copy_bytes(std::byte* to, const std::byte* from, std::size_t bytes) {
+  // memcpy with a null pointer is undefined even for zero bytes, and empty blocks are common.
+  if (bytes > 0) std::memcpy(to, from, bytes);
+}
+
+}  // namespace
+
+MpiCommunicator::MpiCommunicator(MPI_Comm comm, std::size_t max_message_bytes)
+    : max_message_bytes_(max_message_bytes) {
+  if (max_message_bytes == 0 || max_message_bytes > int_max) {
+    throw std::invalid_argument("MpiCommunicator: max_message_bytes must be in 1..INT_MAX, got " +
+                                std::to_string(max_message_bytes));
+  }
+  MPI_Comm dup = MPI_COMM_NULL;
+  MOE_CHECK_MPI(MPI_Comm_dup(comm, &dup));
+  attach(dup);
+}
+
+MpiCommunicator::MpiCommunicator(Adopt, MPI_Comm comm, std::size_t max_message_bytes)
+    : max_message_bytes_(max_message_bytes) {
+  attach(comm);
+}
+
+void MpiCommunicator::attach(MPI_Comm comm) {
+  // Owned from here on: a constructor that throws runs no destructor, so free it on failure.
+  try {
+    MOE_CHECK_MPI(MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN));
+    MOE_CHECK_MPI(MPI_Comm_rank(comm, &rank_));
+    MOE_CHECK_MPI(MPI_Comm_size(comm, &size_));
+    host_ = this_host_name();
+    const auto n = static_cast<std::size_t>(size_);
+    send_offsets_.resize(n);
+    recv_offsets_.resize(n);
+    uniform_bytes_.resize(n);
+    mpi_send_counts_.resize(n);
+    mpi_send_displs_.resize(n);
+    mpi_recv_counts_.resize(n);
+    mpi_recv_displs_.resize(n);
+  } catch (...) {
+    MPI_Comm_free(&comm);
+    throw;
+  }
+  comm_ = comm;
+}
+
+std::unique_ptr<MpiCommunicator> MpiCommunicator::world(std::size_t max_message_bytes) {
+  return std::make_unique<MpiCommunicator>(MPI_COMM_WORLD, max_message_bytes);
+}
+
+MpiCommunicator::~MpiCommunicator() {
+  if (comm_ == MPI_COMM_NULL) return;
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (finalized == 0) MPI_Comm_free(&comm_);
+}
+
+std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key) const {
+  return split_mpi(color, key);
+}
+
+std::unique_ptr<MpiCommunicator> MpiCommunicator::split_mpi(int color, int key) const {
+  MPI_Comm part = MPI_COMM_NULL;
+  MOE_CHECK_MPI(MPI_Comm_split(comm_, color, key, &part));
+  if (part == MPI_COMM_NULL) return nullptr;
+  return std::unique_ptr<MpiCommunicator>(new MpiCommunicator(Adopt{}, part, max_message_bytes_));
+}
+
+bool MpiCommunicator::any_rank(bool local) {
+  int flag = local ? 1 : 0;
+  MOE_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &flag, 1, MPI_INT, MPI_MAX, comm_));
+  return flag != 0;
+}
+
+void MpiCommunicator::alltoallv(const std::byte* send, std::span<const std::size_t> send_bytes,
+                                std::byte* recv, std::span<const std::size_t> recv_bytes) {
+  const auto n = static_cast<std::size_t>(size_);
+  if (send_bytes.size() != n || recv_bytes.size() != n) {
+    throw std::invalid_argument("MpiCommunicator::alltoallv: " + std::to_string(send_bytes.size()) +
+                                " send and " + std::to_string(recv_bytes.size()) +
+                                " receive counts for a communicator of size " +
+                                std::to_string(size_));
+  }
+  const auto self = static_cast<std::size_t>(rank_);
+  if (send_bytes[self] != recv_bytes[self]) {
+    throw std::invalid_argument("MpiCommunicator::alltoallv: rank " + std::to_string(rank_) +
+                                " sends " + std::to_string(send_bytes[self]) +
+                                " bytes to itself but expects " + std::to_string(recv_bytes[self]));
+  }
+  bool fits = true;
+  std::size_t send_end = 0;
+  std::size_t recv_end = 0;
+  for (std::size_t p = 0; p < n; ++p) {
+    send_offsets_[p] = send_end;
+    recv_offsets_[p] = recv_end;
+    fits = fits && send_end <= int_max && recv_end <= int_max &&
+           send_bytes[p] <= max_message_bytes_ && recv_bytes[p] <= max_message_bytes_;
+    send_end += send_bytes[p];
+    recv_end += recv_bytes[p];
+  }
+  if (size_ == 1) {
+    copy_bytes(recv, send, send_bytes[0]);
+    return;
+  }
+  if (any_rank(!fits)) {
+    pairwise_exchange(send, send_bytes, send_offsets_, recv, recv_bytes, recv_offsets_);
+    return;
+  }
+  for (std::size_t p = 0; p < n; ++p) {
+    mpi_send_counts_[p] = static_cast<int>(send_bytes[p]);
+    mpi_send_displs_[p] = static_cast<int>(send_offsets_[p]);
+    mpi_recv_counts_[p] = static_cast<int>(recv_bytes[p]);
+    mpi_recv_displs_[p] = static_cast<int>(recv_offsets_[p]);
+  }
+  MOE_CHECK_MPI(MPI_Alltoallv(send, mpi_send_counts_.data(), mpi_send_displs_.data(), MPI_BYTE,
+                              recv, mpi_recv_counts_.data(), mpi_recv_displs_.data(), MPI_BYTE,
+                              comm_));
+}
+
+void MpiCommunicator::alltoall(const std::byte* send, std::byte* recv, std::size_t block_bytes) {
+  // block_bytes is the same everywhere, so every rank takes the same path without agreeing.
+  if (block_bytes <= max_message_bytes_) {
+    MOE_CHECK_MPI(MPI_Alltoall(send, static_cast<int>(block_bytes), MPI_BYTE, recv,
+                               static_cast<int>(block_bytes), MPI_BYTE, comm_));
+    return;
+  }
+  for (std::size_t p = 0; p < uniform_bytes_.size(); ++p) {
+    uniform_bytes_[p] = block_bytes;
+    send_offsets_[p] = p * block_bytes;
+    recv_offsets_[p] = p * block_bytes;
+  }
+  pairwise_exchange(send, uniform_bytes_, send_offsets_, recv, uniform_bytes_, recv_offsets_);
+}
+
+void MpiCommunicator::allgather(const std::byte* send, std::byte* recv, std::size_t block_bytes) {
+  if (block_bytes <= max_message_bytes_) {
+    MOE_CHECK_MPI(MPI_Allgather(send, static_cast<int>(block_bytes), MPI_BYTE, recv,
+                                static_cast<int>(block_bytes), MPI_BYTE, comm_));
+    return;
+  }
+  // An all-gather is an all-to-all whose send blocks are all the same block.
+  for (std::size_t p = 0; p < uniform_bytes_.size(); ++p) {
+    uniform_bytes_[p] = block_bytes;
+    send_offsets_[p] = 0;
+    recv_offsets_[p] = p * block_bytes;
+  }
+  pairwise_exchange(send, uniform_bytes_, send_offsets_, recv, uniform_bytes_, recv_offsets_);
+}
+
+void MpiCommunicator::pairwise_exchange(const std::byte* send,
+                                        std::span<const std::size_t> send_bytes,
+                                        std::span<const std::size_t> send_offsets,
+                                        std::byte* recv, std::span<const std::size_t> recv_bytes,
+                                        std::span<const std::size_t> recv_offsets) {
+  const auto self = static_cast<std::size_t>(rank_);
+  copy_bytes(recv + recv_offsets[self], send + send_offsets[self], send_bytes[self]);
+  // Step s pairs every rank with the ranks s ahead (send) and s behind (receive), so each rank
+  // talks to one peer per direction at a time and no peer is flooded by everyone at once.
+  for (int step = 1; step < size_; ++step) {
+    const int dst = (rank_ + step) % size_;
+    const int src = (rank_ - step + size_) % size_;
+    const auto dst_idx = static_cast<std::size_t>(dst);
+    const auto src_idx = static_cast<std::size_t>(src);
+    const std::byte* send_block = send + send_offsets[dst_idx];
+    std::byte* recv_block = recv + recv_offsets[src_idx];
+    const std::size_t send_total = send_bytes[dst_idx];
+    const std::size_t recv_total = recv_bytes[src_idx];
+    std::size_t sent = 0;
+    std::size_t received = 0;
+    // Both partners cut a block into the same chunks and walk the same windows: window w of the
+    // sender holds exactly the chunks window w of the receiver posts, so waiting never deadlocks.
+    while (sent < send_total || received < recv_total) {
+      int num_requests = 0;
+      for (int k = 0; k < window_messages && received < recv_total; ++k) {
+        const std::size_t bytes = std::min(max_message_bytes_, recv_total - received);
+        MOE_CHECK_MPI(MPI_Irecv(recv_block + received, static_cast<int>(bytes), MPI_BYTE, src,
+                                exchange_tag, comm_, &requests_[static_cast<std::size_t>(num_requests)]));
+        ++num_requests;
+        received += bytes;
+      }
+      for (int k = 0; k < window_messages && sent < send_total; ++k) {
+        const std::size_t bytes = std::min(max_message_bytes_, send_total - sent);
+        MOE_CHECK_MPI(MPI_Isend(send_block + sent, static_cast<int>(bytes), MPI_BYTE, dst,
+                                exchange_tag, comm_, &requests_[static_cast<std::size_t>(num_requests)]));
+        ++num_requests;
+        sent += bytes;
+      }
+      wait_window(num_requests);
+    }
+  }
+}
+
+void MpiCommunicator::wait_window(int num_requests) {
+  const int code = MPI_Waitall(num_requests, requests_.data(), statuses_.data());
+  if (code == MPI_ERR_IN_STATUS) {
+    // Report the failed message's own error rather than the generic "error in status".
+    for (int i = 0; i < num_requests; ++i) {
+      const int status_code = statuses_[static_cast<std::size_t>(i)].MPI_ERROR;
+      if (status_code != MPI_SUCCESS && status_code != MPI_ERR_PENDING) {
+        detail::throw_mpi_error(status_code, "MPI_Waitall(pairwise exchange window)", __FILE__,
+                                __LINE__);
+      }
+    }
+  }
+  if (code != MPI_SUCCESS) {
+    detail::throw_mpi_error(code, "MPI_Waitall(pairwise exchange window)", __FILE__, __LINE__);
+  }
+}
+
+void MpiCommunicator::allreduce(std::span<float> data, ReduceOp op) {
+  allreduce_in_place(comm_, data, MPI_FLOAT, op);
+}
+
+void MpiCommunicator::allreduce(std::span<double> data, ReduceOp op) {
+  allreduce_in_place(comm_, data, MPI_DOUBLE, op);
+}
+
+void MpiCommunicator::allreduce(std::span<std::int64_t> data, ReduceOp op) {
+  allreduce_in_place(comm_, data, MPI_INT64_T, op);
+}
+
+void MpiCommunicator::barrier() { MOE_CHECK_MPI(MPI_Barrier(comm_)); }
+
+}  // namespace moe::comm
