@@ -1,0 +1,25 @@
+# Runs a program that must fail: non-zero exit, within the CTest timeout (no hang), and the
+# expected message printed by every rank (NP times).
+# cmake -DCOMMAND="a;b;c" -DNP=... -DMESSAGE=... -P expect_error.cmake
+execute_process(COMMAND ${COMMAND} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err
+  TIMEOUT 60)
+if(rc EQUAL 0)
+  message(FATAL_ERROR "expected a failure, got exit 0:\n${out}\n${err}")
+endif()
+string(REGEX MATCH "^[0-9]+$" numeric "${rc}")
+if(NOT numeric)
+  message(FATAL_ERROR "did not exit cleanly (${rc}), a timeout means a hang:\n${out}\n${err}")
+endif()
+set(text "${out}${err}")
+string(FIND "${text}" "${MESSAGE}" at)
+set(found 0)
+while(NOT at EQUAL -1)
+  math(EXPR found "${found} + 1")
+  math(EXPR next "${at} + 1")
+  string(SUBSTRING "${text}" ${next} -1 text)
+  string(FIND "${text}" "${MESSAGE}" at)
+endwhile()
+if(NOT found EQUAL NP)
+  message(FATAL_ERROR "expected '${MESSAGE}' from each of ${NP} ranks, found it ${found} times:\n${out}\n${err}")
+endif()
+message(STATUS "exit ${rc}, message from all ${NP} ranks: ${MESSAGE}")

@@ -1,0 +1,130 @@
+// Test companion of moe-replay.
+//   replay_tool make-cases DIR RANKS   writes the standard layer cases for RANKS ranks into DIR,
+//                                      plus bad_*.safetensors cases that must be refused
+//   replay_tool check CASE RESULT      compares a result file with the float64 reference of the
+//                                      case (SPEC.md section 9 tolerances); exit 1 on a mismatch
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <iostream>
+#include <string>
+
+#include "runtime/layer_case.hpp"
+#include "tests/support/case_bridge.hpp"
+
+using namespace moe;
+
+namespace {
+
+int make_cases(const std::filesystem::path& dir, int ranks) {
+  std::filesystem::create_directories(dir);
+  for (const auto& named : test::standard_cases(ranks)) {
+    write_safetensors(dir / (named.name + ".safetensors"), test::to_case_file(ref::make_case(named.spec)));
+  }
+  // Cases every rank must refuse with the same message (see tests/apps/CMakeLists.txt).
+  const auto base = test::standard_cases(ranks).front();
+  SafetensorsFile file = test::to_case_file(ref::make_case(base.spec));
+  auto edit = [&](const std::string& name, auto&& change) {
+    SafetensorsFile bad = file;
+    change(bad);
+    write_safetensors(dir / ("bad_" + name + ".safetensors"), bad);
+  };
+  edit("top_k", [](SafetensorsFile& f) { f.metadata["top_k"] = "two"; });
+  edit("negative_tokens", [](SafetensorsFile& f) { f.metadata["tokens_per_rank"] = "-3"; });
+  edit("missing_expert", [](SafetensorsFile& f) { f.tensors.erase("experts.3.w2.weight"); });
+  edit("extra_tensor", [](SafetensorsFile& f) {
+    f.tensors["experts.0.w3.weight"] = f.tensors.at("experts.0.w1.weight");
+  });
+  edit("rank_count", [](SafetensorsFile& f) {
+    f.metadata["tokens_per_rank"] += ",0";  // one more rank than the job will have
+  });
+  return 0;
+}
+
+int check(const std::string& case_path, const std::string& result_path) {
+  const LayerCase lc = read_layer_case(case_path);
+  const SafetensorsFile result = read_safetensors(result_path);
+
+  // Rebuild the reference case from the file: the file is the ground truth both sides read.
+  ref::LayerCase c;
+  c.config.num_experts = lc.config.num_experts;
+  c.config.d_model = lc.config.d_model;
+  c.config.d_hidden = lc.config.d_hidden;
+  c.config.top_k = lc.config.top_k;
+  c.config.capacity_factor = lc.config.capacity_factor;
+  c.config.min_capacity = lc.config.min_capacity;
+  c.config.drop_policy = std::string(to_string(lc.config.drop_policy));
+  c.config.activation = std::string(experts::to_string(lc.config.activation));
+  c.config.normalize_topk = lc.config.normalize_topk;
+  c.config.aux_loss_coef = lc.config.aux_loss_coef;
+  c.config.z_loss_coef = lc.config.z_loss_coef;
+  c.tokens_per_rank = lc.tokens_per_rank;
+  auto widen = [](std::span<const float> v) { return std::vector<double>(v.begin(), v.end()); };
+  const auto& t = lc.file.tensors;
+  c.input = widen(t.at("input").f32());
+  if (lc.has_grad_output()) c.grad_output = widen(t.at("grad_output").f32());
+  c.params.gate = widen(t.at("gate.weight").f32());
+  for (std::int64_t e = 0; e < lc.config.num_experts; ++e) {
+    const std::string p = "experts." + std::to_string(e) + ".";
+    ref::ExpertParams ep;
+    ep.w1 = widen(t.at(p + "w1.weight").f32());
+    ep.w2 = widen(t.at(p + "w2.weight").f32());
+    if (experts::is_gated(lc.config.activation)) {
+      ep.w3 = widen(t.at(p + "w3.weight").f32());
+    } else {
+      ep.b1 = widen(t.at(p + "w1.bias").f32());
+      ep.b2 = widen(t.at(p + "w2.bias").f32());
+    }
+    c.params.experts.push_back(std::move(ep));
+  }
+  const ref::LayerResult expected = ref::run_reference(c);
+
+  int failures = 0;
+  auto tensor_error = [&](const std::string& name, const std::vector<double>& want) {
+    auto it = result.tensors.find(name);
+    if (it == result.tensors.end()) {
+      std::cerr << "check: result has no tensor '" << name << "'\n";
+      ++failures;
+      return;
+    }
+    test::ErrorSums err;
+    err.add(it->second.f32(), want);
+    const double rel = err.relative();
+    std::cout << "check: " << name << " relative error " << rel << "\n";
+    if (!(rel <= 1e-5)) {
+      std::cerr << "check: " << name << " relative error " << rel << " > 1e-5\n";
+      ++failures;
+    }
+  };
+  auto exact = [&](const std::string& name, const std::vector<std::int64_t>& want) {
+    auto it = result.tensors.find(name);
+    const bool same = it != result.tensors.end() &&
+                      std::vector<std::int64_t>(it->second.i64().begin(), it->second.i64().end()) == want;
+    if (!same) {
+      std::cerr << "check: " << name << " differs from the reference\n";
+      ++failures;
+    }
+  };
+  tensor_error("output", expected.output);
+  tensor_error("aux_loss", {expected.aux_loss});
+  tensor_error("z_loss", {expected.z_loss});
+  exact("expert_counts", expected.expert_counts);
+  exact("expert_kept", expected.expert_kept);
+  std::cout << "check: " << (failures ? "FAILED " : "ok ") << case_path << "\n";
+  return failures ? 1 : 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    const std::string mode = argc > 1 ? argv[1] : "";
+    if (mode == "make-cases" && argc == 4) return make_cases(argv[2], std::atoi(argv[3]));
+    if (mode == "check" && argc == 4) return check(argv[2], argv[3]);
+    std::cerr << "usage: replay_tool make-cases DIR RANKS | check CASE RESULT\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "replay_tool: " << e.what() << "\n";
+    return 1;
+  }
+}
