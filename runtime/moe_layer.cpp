@@ -15,19 +15,21 @@ void grow(std::vector<T>& v, std::int64_t n) {
   if (static_cast<std::int64_t>(v.size()) < n) v.resize(static_cast<std::size_t>(n));
 }
 
-// Adds the wall time between construction and each lap() to one phase of the statistics.
+// Zeroes `seconds`, then adds the wall time up to each lap() to that lap's phase.
 class PhaseClock {
  public:
-  explicit PhaseClock(ForwardStats& stats) : stats_(stats), last_(Clock::now()) {}
+  explicit PhaseClock(std::array<double, kNumPhases>& seconds) : seconds_(seconds), last_(Clock::now()) {
+    seconds_ = {};
+  }
   void lap(Phase phase) {
     const auto now = Clock::now();
-    stats_.seconds(phase) += std::chrono::duration<double>(now - last_).count();
+    seconds_[static_cast<std::size_t>(phase)] += std::chrono::duration<double>(now - last_).count();
     last_ = now;
   }
 
  private:
   using Clock = std::chrono::steady_clock;
-  ForwardStats& stats_;
+  std::array<double, kNumPhases>& seconds_;
   Clock::time_point last_;
 };
 
@@ -51,14 +53,19 @@ MoeLayer::MoeLayer(const MoeConfig& config, comm::Communicator& ep_comm)
   gate_weight_.assign(static_cast<std::size_t>(config_.num_experts * config_.d_model), 0.0f);
   experts_ = experts::ExpertShard(
       experts_per_rank(), {config_.d_model, config_.d_hidden, config_.activation});
+  gate_weight_grad_.assign(gate_weight_.size(), 0.0f);
+  expert_grads_ = experts::ExpertShard(experts_.num_experts(), experts_.shape());
+}
+
+void MoeLayer::zero_grad() {
+  std::fill(gate_weight_grad_.begin(), gate_weight_grad_.end(), 0.0f);
+  expert_grads_.set_zero();
 }
 
 const ForwardResult& MoeLayer::forward(std::span<const float> x, std::span<float> y,
                                        ForwardContext& ctx) {
   const std::int64_t d = config_.d_model;
-  ForwardStats& stats = ctx.result_.stats;
-  stats.phase_seconds = {};
-  PhaseClock clock(stats);
+  PhaseClock clock(ctx.result_.stats.phase_seconds);
 
   // A local problem is not thrown yet: it travels with the counts, so no peer is left waiting.
   const std::string local_error = check_shapes(x, y, d);
@@ -96,6 +103,57 @@ const ForwardResult& MoeLayer::forward(std::span<const float> x, std::span<float
 
   reduce_statistics(ctx);
   return ctx.result_;
+}
+
+void MoeLayer::backward(std::span<const float> x, std::span<const float> dy, std::span<float> dx,
+                        ForwardContext& ctx, double grad_aux, double grad_z) {
+  const std::int64_t d = config_.d_model;
+  const DispatchPlan& plan = ctx.plan_;
+  const std::size_t expected = static_cast<std::size_t>(plan.num_tokens * d);
+  std::string local_error;
+  if (x.size() != expected || dy.size() != expected || dx.size() != expected) {
+    local_error = "backward: x, dy and dx must each have " + std::to_string(expected) +
+                  " elements (the forward's " + std::to_string(plan.num_tokens) +
+                  " tokens), got " + std::to_string(x.size()) + ", " + std::to_string(dy.size()) +
+                  " and " + std::to_string(dx.size());
+  }
+  agree_on_errors(comm_, local_error);
+
+  PhaseClock clock(ctx.backward_seconds_);
+  const std::int64_t k = config_.top_k;
+  grow(grad_expert_, plan.num_send_rows() * d);
+  grow(d_weight_, plan.num_tokens * k);
+  combine_rows_backward(plan, ctx.router_.weight, ctx.returned_, dy, d, grad_expert_, d_weight_);
+  clock.lap(Phase::combine);
+
+  // The gradient of each expert output travels the dispatch route, its input gradient comes back.
+  exchange_rows(plan, grad_expert_, recv_rows_, true);
+  clock.lap(Phase::exchange_back);
+
+  const std::size_t rows = static_cast<std::size_t>(plan.num_recv_rows() * d);
+  grow(expert_output_, static_cast<std::int64_t>(rows));
+  std::vector<float>& grad_rows = send_rows_;  // the forward's workspace, free during backward
+  grow(grad_rows, static_cast<std::int64_t>(rows));
+  regroup_rows(plan, recv_rows_, d, expert_output_, true);
+  experts::ffn_backward(experts_, std::span<const float>(ctx.expert_input_).first(rows),
+                        plan.expert_offsets, ctx.ffn_,
+                        std::span<const float>(expert_output_).first(rows),
+                        std::span<float>(grad_rows).first(rows), expert_grads_);
+  regroup_rows(plan, std::span<const float>(grad_rows).first(rows), d, recv_rows_, false);
+  clock.lap(Phase::experts);
+
+  exchange_rows(plan, recv_rows_, grad_expert_, false);
+  clock.lap(Phase::exchange);
+
+  gather_rows_backward(plan, grad_expert_, d, dx);
+  clock.lap(Phase::permute);
+
+  grow(d_logits_, plan.num_tokens * config_.num_experts);
+  const RouterLossGrad losses{ctx.result_.stats.expert_counts, ctx.result_.stats.total_tokens,
+                              grad_aux, grad_z};
+  route_backward(config_, gate_weight_, x, ctx.router_, d_weight_, losses, d_logits_, dx,
+                 gate_weight_grad_);
+  clock.lap(Phase::route);
 }
 
 // Each rank tells each destination how many rows it will send to every one of its local experts,

@@ -3,6 +3,7 @@
 // and calls forward together; each rank passes only its own tokens and hosts only its own experts.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -29,6 +30,9 @@ struct ForwardResult {
 class ForwardContext {
  public:
   const ForwardResult& result() const { return result_; }
+  // Wall time of each phase of the last backward on this context (the same phases walked in
+  // reverse: combine, exchange back, experts, exchange, permute, route).
+  const std::array<double, kNumPhases>& backward_phase_seconds() const { return backward_seconds_; }
 
  private:
   friend class MoeLayer;
@@ -38,6 +42,7 @@ class ForwardContext {
   experts::FfnActivations ffn_;
   std::vector<float> returned_;       // expert outputs back home, in send order
   ForwardResult result_;
+  std::array<double, kNumPhases> backward_seconds_{};
 };
 
 class MoeLayer {
@@ -65,6 +70,23 @@ class MoeLayer {
   // and may be 0). A bad shape on any rank is reported by every rank as the same moe::Error.
   const ForwardResult& forward(std::span<const float> x, std::span<float> y, ForwardContext& ctx);
 
+  // Collective. The backward of the forward that filled `ctx` (SPEC.md section 8): x is the same
+  // input that forward took, dy [T, d] the gradient of the output; writes dx [T, d]. ADDS this
+  // rank's contribution to gate_weight_grad() and the full gradient of this rank's experts (over
+  // the rows every rank routed to them) to expert_grads(), so micro-batches accumulate.
+  // grad_aux and grad_z are the upstream gradients of the two losses. Contexts of several forwards
+  // may be walked back in any order.
+  void backward(std::span<const float> x, std::span<const float> dy, std::span<float> dx,
+                ForwardContext& ctx, double grad_aux = 1.0, double grad_z = 1.0);
+
+  // Gradients accumulated by backward. The router's is this rank's contribution only: the full
+  // gradient is its sum over the ranks (see reduce_gradients in runtime/parallel_groups.hpp).
+  std::span<float> gate_weight_grad() { return gate_weight_grad_; }
+  std::span<const float> gate_weight_grad() const { return gate_weight_grad_; }
+  experts::ExpertShard& expert_grads() { return expert_grads_; }
+  const experts::ExpertShard& expert_grads() const { return expert_grads_; }
+  void zero_grad();
+
  private:
   void exchange_counts(ForwardContext& ctx, const std::string& local_error);
   void exchange_rows(const DispatchPlan& plan, std::span<const float> send, std::span<float> recv,
@@ -75,9 +97,12 @@ class MoeLayer {
   comm::Communicator& comm_;
   std::vector<float> gate_weight_;
   experts::ExpertShard experts_;
+  std::vector<float> gate_weight_grad_;
+  experts::ExpertShard expert_grads_;
 
   // Workspace reused by every call: it grows to the largest batch and then stays.
   std::vector<float> send_rows_, recv_rows_, expert_output_;
+  std::vector<float> grad_expert_, d_weight_, d_logits_;
   std::vector<std::int64_t> count_send_, count_recv_, recv_counts_;
   std::vector<std::size_t> send_bytes_, recv_bytes_;
   std::vector<double> stat_local_, stat_all_, prob_sum_;

@@ -48,4 +48,45 @@ void combine_rows(const DispatchPlan& plan, std::span<const float> weight,
   }
 }
 
+void combine_rows_backward(const DispatchPlan& plan, std::span<const float> weight,
+                           std::span<const float> back, std::span<const float> dy,
+                           std::int64_t width, std::span<float> d_out, std::span<float> d_weight) {
+  const std::int64_t k = plan.top_k;
+  for (std::int64_t t = 0; t < plan.num_tokens; ++t) {
+    const float* g = dy.data() + t * width;
+    for (std::int64_t j = 0; j < k; ++j) {
+      const std::int64_t a = t * k + j;
+      const std::int64_t row = plan.send_row[a];
+      if (row < 0) {
+        d_weight[a] = 0.0f;
+        continue;
+      }
+      const float w = weight[a];
+      const float* out = back.data() + row * width;
+      float* d = d_out.data() + row * width;
+      double dot = 0;
+      for (std::int64_t c = 0; c < width; ++c) {
+        d[c] = w * g[c];
+        dot += static_cast<double>(g[c]) * out[c];
+      }
+      d_weight[a] = static_cast<float>(dot);
+    }
+  }
+}
+
+void gather_rows_backward(const DispatchPlan& plan, std::span<const float> d_send,
+                          std::int64_t width, std::span<float> dx) {
+  const std::int64_t k = plan.top_k;
+  for (std::int64_t t = 0; t < plan.num_tokens; ++t) {
+    float* out = dx.data() + t * width;
+    std::fill_n(out, width, 0.0f);
+    for (std::int64_t j = 0; j < k; ++j) {
+      const std::int64_t row = plan.send_row[t * k + j];
+      if (row < 0) continue;
+      const float* in = d_send.data() + row * width;
+      for (std::int64_t c = 0; c < width; ++c) out[c] += in[c];
+    }
+  }
+}
+
 }  // namespace moe

@@ -25,4 +25,15 @@ void regroup_rows(const DispatchPlan& plan, std::span<const float> from, std::in
 void combine_rows(const DispatchPlan& plan, std::span<const float> weight,
                   std::span<const float> back, std::int64_t width, std::span<float> y);
 
+// Backward of combine_rows: d_out[row] = weight * dy[t] for every kept (t, j) (send order), and
+// d_weight[t*k+j] = dy[t]·back[row], zero for a dropped assignment.
+void combine_rows_backward(const DispatchPlan& plan, std::span<const float> weight,
+                           std::span<const float> back, std::span<const float> dy,
+                           std::int64_t width, std::span<float> d_out, std::span<float> d_weight);
+
+// Backward of gather_rows: dx[t] = Σ over kept choices j (in order) of d_send[send_row[t*k+j]];
+// overwrites dx, zero for a token with every choice dropped.
+void gather_rows_backward(const DispatchPlan& plan, std::span<const float> d_send,
+                          std::int64_t width, std::span<float> dx);
+
 }  // namespace moe

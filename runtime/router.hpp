@@ -30,4 +30,22 @@ struct RouterOutput {
 void route(const MoeConfig& config, std::span<const float> gate_weight, std::span<const float> x,
            std::int64_t num_tokens, RouterOutput& out);
 
+// What the router's backward needs to know about the whole group (SPEC.md sections 7 and 8).
+struct RouterLossGrad {
+  std::span<const std::int64_t> expert_counts;  // [E] group-wide assignments before dropping
+  std::int64_t total_tokens = 0;                // T of the group
+  double grad_aux = 1;                          // upstream gradient of the auxiliary loss
+  double grad_z = 1;                            // upstream gradient of the z-loss
+};
+
+// Backward of route() for this rank's tokens. d_weight [T, k] is the gradient of the selected
+// weights (zero for dropped assignments). It flows through normalize_topk and the softmax, joined
+// by the gradients of the two losses; no gradient flows through the top-k choice or through f_e.
+// ADDS dz·gate into dx [T, d] and this rank's dzᵀ·x into d_gate [E, d]. d_logits [T, E] is
+// workspace.
+void route_backward(const MoeConfig& config, std::span<const float> gate_weight,
+                    std::span<const float> x, const RouterOutput& out,
+                    std::span<const float> d_weight, const RouterLossGrad& losses,
+                    std::span<float> d_logits, std::span<float> dx, std::span<float> d_gate);
+
 }  // namespace moe

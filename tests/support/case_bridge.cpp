@@ -46,7 +46,10 @@ SafetensorsFile to_case_file(const ref::LayerCase& c) {
   std::map<std::string, Tensor> tensors;
   tensors["gate.weight"] = to_tensor({e_count, d}, c.params.gate);
   tensors["input"] = to_tensor({total, d}, c.input);
-  if (!c.grad_output.empty()) tensors["grad_output"] = to_tensor({total, d}, c.grad_output);
+  // An empty group cannot tell "no grad_output" from an empty one; it always carries [0, d].
+  if (c.grad_output.size() == c.input.size()) {
+    tensors["grad_output"] = to_tensor({total, d}, c.grad_output);
+  }
   for (std::int64_t e = 0; e < e_count; ++e) {
     const ref::ExpertParams& p = c.params.experts[static_cast<std::size_t>(e)];
     const std::string prefix = "experts." + std::to_string(e) + ".";
@@ -60,6 +63,19 @@ SafetensorsFile to_case_file(const ref::LayerCase& c) {
     }
   }
   return make_layer_case_file(to_config(cfg), c.tokens_per_rank, std::move(tensors));
+}
+
+std::vector<double>& expert_param(ref::ExpertParams& params, std::string_view name) {
+  if (name == "w1.weight") return params.w1;
+  if (name == "w1.bias") return params.b1;
+  if (name == "w2.weight") return params.w2;
+  if (name == "w2.bias") return params.b2;
+  if (name == "w3.weight") return params.w3;
+  throw std::invalid_argument("no expert parameter named " + std::string(name));
+}
+
+const std::vector<double>& expert_param(const ref::ExpertParams& params, std::string_view name) {
+  return expert_param(const_cast<ref::ExpertParams&>(params), name);
 }
 
 void ErrorSums::add(std::span<const float> actual, std::span<const double> expected) {

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "runtime/config.hpp"
@@ -18,6 +19,10 @@ MoeConfig to_config(const ref::LayerConfig& config);
 // The case as a SPEC.md section 11 file: parameters, input, grad_output (when present) and
 // metadata. Values are exact: the generator draws float-representable numbers.
 SafetensorsFile to_case_file(const ref::LayerCase& c);
+
+// The reference's tensor for an expert parameter named as in SPEC.md ("w1.weight", "w2.bias", ...).
+const std::vector<double>& expert_param(const ref::ExpertParams& params, std::string_view name);
+std::vector<double>& expert_param(ref::ExpertParams& params, std::string_view name);
 
 // Sums for ‖a − ref‖ / ‖ref‖, so ranks can add their parts before dividing.
 struct ErrorSums {
