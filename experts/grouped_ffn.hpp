@@ -26,7 +26,9 @@ void ffn_forward(const ExpertShard& shard, std::span<const float> x,
                  FfnActivations& saved);
 
 // Given dy [N, d], writes dx [N, d] and ADDS every parameter gradient into grads (same shape as
-// shard), so chunks of one batch accumulate.
+// shard), so chunks of one batch accumulate. `saved` is what ffn_forward filled for these rows.
+// Its scratch ([largest expert's rows, h], twice for swiglu) is per thread and only grows, so
+// concurrent calls from different threads are safe as long as their grads differ.
 void ffn_backward(const ExpertShard& shard, std::span<const float> x,
                   std::span<const std::int64_t> offsets, const FfnActivations& saved,
                   std::span<const float> dy, std::span<float> dx, ExpertShard& grads);
