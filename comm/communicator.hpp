@@ -1,5 +1,12 @@
 // The one seam through which moe-ep talks to the network. Everything above comm/ sees only this
-// interface; MpiCommunicator (comm/mpi_communicator.hpp) implements it over MPI.
+// interface; MpiCommunicator (comm/mpi_communicator.hpp) implements it over MPI on host memory,
+// NcclCommunicator (comm/nccl_communicator.hpp, CUDA builds) over NCCL on device memory.
+//
+// Every operation other than rank(), size() and host() is collective: all ranks of the
+// communicator call it, in the same order, with matching arguments. Operations block until this
+// rank's buffers may be read and reused. Failures throw CommError (comm/comm_error.hpp); misuse
+// detectable locally (a span of the wrong length) throws std::invalid_argument. To learn the
+// receive counts of an alltoallv before the payload moves, see exchange_counts (comm/exchange.hpp).
 #pragma once
 
 #include <cstddef>
@@ -22,6 +29,7 @@ class Communicator {
   virtual const std::string& host() const = 0;
 
   // Splits into sub-groups of the ranks that pass the same color, ordered by key (MPI_Comm_split).
+  // A rank that passes a "no group" color (MPI_UNDEFINED for MPI) gets nullptr.
   virtual std::unique_ptr<Communicator> split(int color, int key) const = 0;
 
   // All-to-all with per-peer byte counts. Block p of `send` (send_bytes[p] bytes, blocks packed

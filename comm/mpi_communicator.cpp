@@ -186,7 +186,11 @@ void MpiCommunicator::pairwise_exchange(const std::byte* send,
                                         std::byte* recv, std::span<const std::size_t> recv_bytes,
                                         std::span<const std::size_t> recv_offsets) {
   const auto self = static_cast<std::size_t>(rank_);
-  copy_bytes(recv + recv_offsets[self], send + send_offsets[self], send_bytes[self]);
+  bool self_copied = false;
+  auto copy_self_block = [&] {
+    copy_bytes(recv + recv_offsets[self], send + send_offsets[self], send_bytes[self]);
+    self_copied = true;
+  };
   // Step s pairs every rank with the ranks s ahead (send) and s behind (receive), so each rank
   // talks to one peer per direction at a time and no peer is flooded by everyone at once.
   for (int step = 1; step < size_; ++step) {
@@ -218,9 +222,12 @@ void MpiCommunicator::pairwise_exchange(const std::byte* send,
         ++num_requests;
         sent += bytes;
       }
+      // The local block is copied while the first messages are in flight.
+      if (!self_copied) copy_self_block();
       wait_window(num_requests);
     }
   }
+  if (!self_copied) copy_self_block();
 }
 
 void MpiCommunicator::wait_window(int num_requests) {

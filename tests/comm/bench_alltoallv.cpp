@@ -7,8 +7,10 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <climits>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -25,22 +27,30 @@ struct Timing {
   double min_s;
 };
 
-// Median and minimum over every rank's slowest call: each repetition counts as long as its
-// slowest rank.
-template <class Call>
-Timing time_calls(MPI_Comm comm, int repetitions, Call call) {
-  for (int i = 0; i < 3; ++i) call();
-  std::vector<double> times;
-  for (int i = 0; i < repetitions; ++i) {
-    MPI_Barrier(comm);
-    const double start = MPI_Wtime();
-    call();
-    double elapsed = MPI_Wtime() - start;
-    MPI_Allreduce(MPI_IN_PLACE, &elapsed, 1, MPI_DOUBLE, MPI_MAX, comm);
-    times.push_back(elapsed);
+// Times every call of `calls` `repetitions` times, round-robin (call 0, call 1, ..., call 0, ...)
+// so that a change of machine load mid-run hits all of them alike. A repetition lasts as long as
+// its slowest rank. Three warm-up rounds first. `check` runs after every call, untimed.
+template <class Call, class Check>
+std::vector<Timing> time_round_robin(MPI_Comm comm, int repetitions, std::vector<Call>& calls,
+                                     Check check) {
+  std::vector<std::vector<double>> times(calls.size());
+  for (int i = 0; i < 3 + repetitions; ++i) {
+    for (std::size_t c = 0; c < calls.size(); ++c) {
+      MPI_Barrier(comm);
+      const double start = MPI_Wtime();
+      calls[c]();
+      double elapsed = MPI_Wtime() - start;
+      MPI_Allreduce(MPI_IN_PLACE, &elapsed, 1, MPI_DOUBLE, MPI_MAX, comm);
+      if (i >= 3) times[c].push_back(elapsed);
+      check();
+    }
   }
-  std::sort(times.begin(), times.end());
-  return {times[times.size() / 2], times.front()};
+  std::vector<Timing> result;
+  for (auto& t : times) {
+    std::sort(t.begin(), t.end());
+    result.push_back({t[t.size() / 2], t.front()});
+  }
+  return result;
 }
 
 }  // namespace
@@ -54,6 +64,11 @@ int main(int argc, char** argv) {
   const int me = comm->rank();
   const auto n = static_cast<std::size_t>(comm->size());
   const std::size_t block = bytes_per_rank / n;
+  if (block == 0 || block > std::size_t{INT_MAX}) {
+    // The plain MPI_Alltoallv it is compared with takes int counts.
+    if (me == 0) std::fprintf(stderr, "bytes_per_rank / ranks must be in 1..INT_MAX\n");
+    return EXIT_FAILURE;
+  }
   std::vector<std::size_t> counts(n, block);
   std::vector<int> int_counts(n, static_cast<int>(block));
   std::vector<int> int_displs(n);
@@ -76,22 +91,22 @@ int main(int argc, char** argv) {
   };
 
   MPI_Comm plain = comm->native();
-  const Timing mpi = time_calls(plain, repetitions, [&] {
-    MPI_Alltoallv(send.data(), int_counts.data(), int_displs.data(), MPI_BYTE, recv.data(),
-                  int_counts.data(), int_displs.data(), MPI_BYTE, plain);
-  });
-  verify();
-  const Timing ours = time_calls(plain, repetitions, [&] {
-    comm->alltoallv(send.data(), counts, recv.data(), counts);
-  });
-  verify();
-  // The chunked point-to-point path at full message size, forced by making the block one byte
-  // larger than the limit.
+  // The chunked point-to-point path at full message size, forced by making the limit one byte
+  // smaller than a block.
   auto chunked_comm = MpiCommunicator::world(std::max<std::size_t>(block - 1, 1));
-  const Timing chunked = time_calls(plain, repetitions, [&] {
-    chunked_comm->alltoallv(send.data(), counts, recv.data(), counts);
-  });
-  verify();
+  std::vector<std::function<void()>> calls = {
+      [&] {
+        MPI_Alltoallv(send.data(), int_counts.data(), int_displs.data(), MPI_BYTE, recv.data(),
+                      int_counts.data(), int_displs.data(), MPI_BYTE, plain);
+      },
+      [&] {
+        comm->alltoallv(send.data(), counts, recv.data(), counts);
+      },
+      [&] {
+        chunked_comm->alltoallv(send.data(), counts, recv.data(), counts);
+      },
+  };
+  const std::vector<Timing> timings = time_round_robin(plain, repetitions, calls, verify);
 
   MPI_Allreduce(MPI_IN_PLACE, &wrong, 1, MPI_INT, MPI_SUM, plain);
   if (me == 0) {
@@ -104,9 +119,9 @@ int main(int argc, char** argv) {
       std::printf("%-28s %12zu %10.1f %10.1f %10.2f %10.2f\n", name, block * n, t.median_s * 1e6,
                   t.min_s * 1e6, algbw, algbw * bus_factor);
     };
-    row("MPI_Alltoallv", mpi);
-    row("MpiCommunicator::alltoallv", ours);
-    row("pairwise fallback", chunked);
+    row("MPI_Alltoallv", timings[0]);
+    row("MpiCommunicator::alltoallv", timings[1]);
+    row("pairwise fallback", timings[2]);
     std::printf("# wrong blocks: %d\n", wrong);
   }
   return wrong == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
