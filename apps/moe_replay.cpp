@@ -3,7 +3,12 @@
 //   mpirun -np P moe-replay --case CASE.safetensors --out RESULT.safetensors
 //
 // Each rank computes only its own tokens (the case's tokens_per_rank) and hosts only its own
-// experts; rank 0 gathers the outputs and writes the result.
+// experts; rank 0 gathers the outputs and writes the result. When the case has grad_output the
+// backward runs too and every gradient of SPEC.md section 11 is written.
+//
+// --dp-size N runs N data-parallel copies of the case's expert-parallel group on N x P ranks, each
+// copy with the case's tokens; gradients are averaged over the copies, so they equal the plain
+// run's (a check of the gradient reduction over expert-data-parallel groups).
 #include <boost/program_options.hpp>
 #include <iostream>
 #include <optional>
@@ -12,6 +17,7 @@
 #include "runtime/error.hpp"
 #include "runtime/layer_case.hpp"
 #include "runtime/moe_layer.hpp"
+#include "runtime/parallel_groups.hpp"
 
 namespace po = boost::program_options;
 using namespace moe;
@@ -21,6 +27,7 @@ namespace {
 struct Options {
   std::string case_path;
   std::string out_path;
+  int dp_size = 1;
 };
 
 // nullopt after --help: the program then exits 0 on every rank.
@@ -32,7 +39,9 @@ std::optional<Options> parse_options(int argc, char** argv, int rank) {
   desc.add_options()
       ("help", "print this help")
       ("case", po::value(&o.case_path)->required(), "layer case (safetensors, SPEC.md section 11)")
-      ("out", po::value(&o.out_path)->required(), "result file to write (safetensors)");
+      ("out", po::value(&o.out_path)->required(), "result file to write (safetensors)")
+      ("dp-size", po::value(&o.dp_size)->default_value(1),
+       "data-parallel copies of the expert-parallel group (the job has dp-size x P ranks)");
   po::variables_map vm;
   po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
   if (vm.count("help")) {
@@ -40,6 +49,7 @@ std::optional<Options> parse_options(int argc, char** argv, int rank) {
     return std::nullopt;
   }
   po::notify(vm);
+  if (o.dp_size < 1) throw apps::UsageError("--dp-size must be >= 1");
   return o;
 }
 
@@ -71,31 +81,65 @@ int replay(comm::MpiCommunicator& world, const Options& options) {
   collectively(world, [&] {
     layer_case = read_layer_case(options.case_path);
     const auto entries = static_cast<int>(layer_case.tokens_per_rank.size());
-    if (entries != world.size()) {
+    if (entries * options.dp_size != world.size()) {
       throw Error(options.case_path + ": tokens_per_rank has " + std::to_string(entries) +
-                  " entries but the job has " + std::to_string(world.size()) +
-                  " ranks; run it with mpirun -np " + std::to_string(entries));
+                  " entries but the job has " + std::to_string(world.size()) + " ranks; run it with mpirun -np " +
+                  std::to_string(entries * options.dp_size) +
+                  (options.dp_size > 1 ? " (entries x dp-size)" : ""));
     }
   });
+  ParallelGroups groups = ParallelGroups::create(world, world.size() / options.dp_size);
+  comm::Communicator& ep = *groups.ep;
 
-  MoeLayer layer(layer_case.config, world);
+  MoeLayer layer(layer_case.config, ep);
   load_parameters(layer_case, layer);
   const std::int64_t d = layer_case.config.d_model;
-  const int rank = world.rank();
-  const auto x = layer_case.file.tensors.at("input").f32().subspan(
-      static_cast<std::size_t>(layer_case.first_row(rank) * d),
-      static_cast<std::size_t>(layer_case.tokens_per_rank[static_cast<std::size_t>(rank)] * d));
+  const int rank = ep.rank();
+  const auto rows_of = [&](const char* tensor) {
+    return layer_case.file.tensors.at(tensor).f32().subspan(
+        static_cast<std::size_t>(layer_case.first_row(rank) * d),
+        static_cast<std::size_t>(layer_case.tokens_per_rank[static_cast<std::size_t>(rank)] * d));
+  };
+  const auto x = rows_of("input");
   std::vector<float> y(x.size());
   ForwardContext ctx;
   const ForwardResult& result = layer.forward(x, y, ctx);
 
-  const std::vector<float> output = gather_on_root(world, y);
+  // Only ep rank 0 holds the gathered tensors (and world rank 0 writes them).
+  SafetensorsFile out;
+  const auto put = [&](const std::string& name, std::vector<std::int64_t> shape,
+                       std::span<const float> values) {
+    if (rank == 0) out.tensors[name] = Tensor::from_f32(std::move(shape), values);
+  };
+  put("output", {layer_case.total_tokens(), d}, gather_on_root(ep, y));
+  if (layer_case.has_grad_output()) {
+    std::vector<float> dx(x.size());
+    layer.backward(x, rows_of("grad_output"), dx, ctx);
+    reduce_gradients(layer, groups, GradReduction::mean);
+    put("grad_input", {layer_case.total_tokens(), d}, gather_on_root(ep, dx));
+    put("gate.weight.grad", {layer_case.config.num_experts, d}, layer.gate_weight_grad());
+    // Each expert's gradient lives on its owner: gather every parameter kind in expert order.
+    const experts::ExpertShard& grads = layer.expert_grads();
+    for (std::string_view param : experts::expert_param_names(layer_case.config.activation)) {
+      std::vector<float> local;
+      for (std::int64_t e = 0; e < grads.num_experts(); ++e) {
+        const auto values = grads.param(e, param);
+        local.insert(local.end(), values.begin(), values.end());
+      }
+      const std::vector<float> all = gather_on_root(ep, local);
+      const auto shape = grads.param_shape(param);
+      const std::size_t per_expert = all.size() / static_cast<std::size_t>(layer_case.config.num_experts);
+      for (std::int64_t e = 0; rank == 0 && e < layer_case.config.num_experts; ++e) {
+        put("experts." + std::to_string(e) + "." + std::string(param) + ".grad", shape,
+            std::span<const float>(all).subspan(static_cast<std::size_t>(e) * per_expert, per_expert));
+      }
+    }
+  }
+
   collectively(world, [&] {
-    if (rank != 0) return;
+    if (world.rank() != 0) return;
     const std::int64_t experts = layer_case.config.num_experts;
-    SafetensorsFile out;
     out.metadata = layer_case.file.metadata;
-    out.tensors["output"] = Tensor::from_f32({layer_case.total_tokens(), d}, output);
     const float aux = static_cast<float>(result.aux_loss);
     const float z = static_cast<float>(result.z_loss);
     out.tensors["aux_loss"] = Tensor::from_f32({1}, std::span<const float>(&aux, 1));
@@ -107,14 +151,16 @@ int replay(comm::MpiCommunicator& world, const Options& options) {
     } catch (const FileError& e) {
       throw Error(e.what());
     }
-    std::cout << "moe-replay: " << layer_case.total_tokens() << " tokens on " << world.size()
-              << " ranks, " << layer_case.config.summary() << "\n"
+    std::cout << "moe-replay: " << layer_case.total_tokens() << " tokens on " << ep.size()
+              << " ranks" << (options.dp_size > 1 ? " x " + std::to_string(options.dp_size) + " data-parallel copies" : "")
+              << ", " << layer_case.config.summary() << "\n"
               << "moe-replay: kept " << (layer_case.total_tokens() * layer_case.config.top_k -
                                           result.stats.dropped_assignments)
               << " assignments, dropped " << result.stats.dropped_assignments << " ("
               << result.stats.dropped_tokens << " tokens lost every choice); aux_loss "
               << result.aux_loss << ", z_loss " << result.z_loss << "\n"
-              << "moe-replay: wrote " << options.out_path << "\n";
+              << "moe-replay: wrote " << options.out_path
+              << (layer_case.has_grad_output() ? " with gradients" : " (no grad_output: forward only)") << "\n";
   });
   return 0;
 }

@@ -1,6 +1,11 @@
 # Runs every standard case through moe-replay under mpirun, checks each result against the float64
 # reference, runs it again and requires a bitwise identical result file.
-# cmake -DMPIRUN=... -DNP=... -DREPLAY=... -DTOOL=... -DDIR=... -P replay_suite.cmake
+# With DP > 1 it runs DP data-parallel copies of each case (NP x DP ranks, --dp-size DP).
+# cmake -DMPIRUN=... -DNP=... [-DDP=...] -DREPLAY=... -DTOOL=... -DDIR=... -P replay_suite.cmake
+if(NOT DP)
+  set(DP 1)
+endif()
+math(EXPR ranks "${NP} * ${DP}")
 file(GLOB cases "${DIR}/*.safetensors")
 list(FILTER cases EXCLUDE REGEX "/bad_")
 list(LENGTH cases count)
@@ -10,10 +15,10 @@ endif()
 set(failed "")
 foreach(case IN LISTS cases)
   get_filename_component(name "${case}" NAME_WE)
-  set(out_dir "${DIR}/results_np${NP}")
+  set(out_dir "${DIR}/results_np${NP}_dp${DP}")
   file(MAKE_DIRECTORY "${out_dir}")
   foreach(run a b)
-    execute_process(COMMAND ${MPIRUN} -np ${NP} ${REPLAY} --case ${case} --out ${out_dir}/${name}.${run}.safetensors
+    execute_process(COMMAND ${MPIRUN} -np ${ranks} ${REPLAY} --dp-size ${DP} --case ${case} --out ${out_dir}/${name}.${run}.safetensors
       RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err TIMEOUT 120)
     if(NOT rc EQUAL 0)
       message(SEND_ERROR "${name}: moe-replay failed (${rc}):\n${out}\n${err}")
@@ -38,6 +43,6 @@ foreach(case IN LISTS cases)
   endif()
 endforeach()
 if(failed)
-  message(FATAL_ERROR "failed on ${NP} ranks: ${failed}")
+  message(FATAL_ERROR "failed on ${NP} ranks x ${DP} copies: ${failed}")
 endif()
-message(STATUS "all ${count} cases match the reference on ${NP} ranks, bitwise identical across runs")
+message(STATUS "all ${count} cases match the reference on ${NP} ranks x ${DP} copies, bitwise identical across runs")

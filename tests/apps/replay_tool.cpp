@@ -9,6 +9,7 @@
 #include <iostream>
 #include <string>
 
+#include "experts/expert_shard.hpp"
 #include "runtime/layer_case.hpp"
 #include "tests/support/case_bridge.hpp"
 
@@ -23,6 +24,11 @@ int make_cases(const std::filesystem::path& dir, int ranks) {
   }
   // Cases every rank must refuse with the same message (see tests/apps/CMakeLists.txt).
   const auto base = test::standard_cases(ranks).front();
+  // One forward-only case: no grad_output, so no gradients in the result.
+  auto forward_only = base.spec;
+  forward_only.with_grad_output = false;
+  write_safetensors(dir / "forward_only.safetensors", test::to_case_file(ref::make_case(forward_only)));
+
   SafetensorsFile file = test::to_case_file(ref::make_case(base.spec));
   auto edit = [&](const std::string& name, auto&& change) {
     SafetensorsFile bad = file;
@@ -90,7 +96,6 @@ int check(const std::string& case_path, const std::string& result_path) {
     test::ErrorSums err;
     err.add(it->second.f32(), want);
     const double rel = err.relative();
-    std::cout << "check: " << name << " relative error " << rel << "\n";
     if (!(rel <= 1e-5)) {
       std::cerr << "check: " << name << " relative error " << rel << " > 1e-5\n";
       ++failures;
@@ -110,6 +115,19 @@ int check(const std::string& case_path, const std::string& result_path) {
   tensor_error("z_loss", {expected.z_loss});
   exact("expert_counts", expected.expert_counts);
   exact("expert_kept", expected.expert_kept);
+  if (expected.grads) {
+    tensor_error("grad_input", expected.grads->input);
+    tensor_error("gate.weight.grad", expected.grads->params.gate);
+    for (std::int64_t e = 0; e < lc.config.num_experts; ++e) {
+      for (std::string_view param : experts::expert_param_names(lc.config.activation)) {
+        tensor_error("experts." + std::to_string(e) + "." + std::string(param) + ".grad",
+                     test::expert_param(expected.grads->params.experts[static_cast<std::size_t>(e)], param));
+      }
+    }
+  } else if (result.tensors.count("grad_input")) {
+    std::cerr << "check: the case has no grad_output but the result has gradients\n";
+    ++failures;
+  }
   std::cout << "check: " << (failures ? "FAILED " : "ok ") << case_path << "\n";
   return failures ? 1 : 0;
 }
