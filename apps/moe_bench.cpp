@@ -3,20 +3,23 @@
 //   mpirun -np 2 moe-bench --tokens 2048 --d-model 512 --d-hidden 1024 --experts 8
 //
 // Every figure is a median over --iters timed calls after --warmup untimed ones; a call's time is
-// the slowest rank's. The same expert GEMMs (same shapes, same BLAS) are also timed alone in the
-// same run, so the layer's distance from its compute floor is a ratio measured under the same
-// machine load.
+// the slowest rank's. Two floors are measured in the same run, under the same machine load:
+//   - the expert GEMMs alone (same shapes, same BLAS as the layer's forward and backward), and
+//   - a plain MPI_Alltoallv moving the same per-peer bytes as the layer's two exchanges.
+// The layer's distance from them is reported as ratios.
 #include <algorithm>
 #include <boost/program_options.hpp>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <map>
+#include <numeric>
 #include <optional>
 
 #include "apps/layer_options.hpp"
 #include "apps/mpi_program.hpp"
-#include "experts/gemm.hpp"
+#include "experts/gemm_floor.hpp"
 #include "runtime/initialization.hpp"
 #include "runtime/moe_layer.hpp"
 
@@ -31,13 +34,14 @@ struct Options {
   int iters = 20;
   int warmup = 3;
   std::uint64_t seed = 1;
+  bool forward_only = false;
   bool json = false;
 };
 
 std::optional<Options> parse_options(int argc, char** argv, int rank) {
   Options o;
   po::options_description desc(
-      "moe-bench: time the MoE layer and its expert GEMMs\n"
+      "moe-bench: time the MoE layer against its GEMM and all-to-all floors\n"
       "usage: mpirun -np P moe-bench [options]\noptions");
   desc.add_options()
       ("help", "print this help")
@@ -45,7 +49,8 @@ std::optional<Options> parse_options(int argc, char** argv, int rank) {
       ("iters", po::value(&o.iters)->default_value(o.iters), "timed iterations")
       ("warmup", po::value(&o.warmup)->default_value(o.warmup), "untimed iterations first")
       ("seed", po::value(&o.seed)->default_value(o.seed), "seed of parameters and inputs")
-      ("json", po::bool_switch(&o.json), "print one JSON object (rank 0) instead of the table");
+      ("forward-only", po::bool_switch(&o.forward_only), "time the forward pass only")
+      ("json", po::bool_switch(&o.json), "print one JSON object (rank 0, one line) instead of the table");
   apps::add_layer_options(desc, o.layer);
   po::variables_map vm;
   po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
@@ -67,34 +72,56 @@ double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-double seconds_since(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-// The forward GEMMs of this rank's experts for the given rows per expert, alone: what the layer
-// cannot go below with this BLAS. Returns seconds; `flops` gets 2·M·N·K summed.
-double time_expert_gemms(const MoeConfig& c, const experts::ExpertShard& shard,
-                         std::span<const std::int64_t> rows, std::vector<float>& a,
-                         std::vector<float>& b, double& flops) {
-  using experts::Op;
-  const std::int64_t d = c.d_model, h = c.d_hidden;
-  const auto start = std::chrono::steady_clock::now();
-  flops = 0;
-  for (std::int64_t e = 0; e < shard.num_experts(); ++e) {
-    const std::int64_t m = rows[static_cast<std::size_t>(e)];
-    if (m == 0) continue;
-    const auto x = std::span<const float>(a).first(static_cast<std::size_t>(m * d));
-    const auto hidden = std::span<float>(b).first(static_cast<std::size_t>(m * h));
-    experts::gemm(Op::none, Op::transpose, m, h, d, 1.0f, x, d, shard.w1(e), d, 0.0f, hidden, h);
-    if (experts::is_gated(c.activation)) {
-      experts::gemm(Op::none, Op::transpose, m, h, d, 1.0f, x, d, shard.w3(e), d, 0.0f, hidden, h);
-    }
-    experts::gemm(Op::none, Op::transpose, m, d, h, 1.0f, hidden, h, shard.w2(e), h, 0.0f,
-                  std::span<float>(a).first(static_cast<std::size_t>(m * d)), d);
-    flops += 2.0 * static_cast<double>(m * d * h) * (experts::is_gated(c.activation) ? 3 : 2);
+// Medians (ms) of one series per named quantity.
+class Series {
+ public:
+  void add(const std::string& name, double seconds) { values_[name].push_back(seconds); }
+  double median_ms(const std::string& name) const {
+    auto it = values_.find(name);
+    return it == values_.end() ? 0.0 : 1e3 * median(it->second);
   }
-  return seconds_since(start);
-}
+
+ private:
+  std::map<std::string, std::vector<double>> values_;
+};
+
+// The same per-peer bytes as one forward's dispatch and return, through plain MPI_Alltoallv.
+class RawAlltoallv {
+ public:
+  RawAlltoallv(comm::MpiCommunicator& comm, const ForwardStats& stats, std::int64_t row_bytes)
+      : comm_(comm) {
+    const int p = comm.size();
+    for (int r = 0; r < p; ++r) {
+      out_.push_back(static_cast<int>(stats.rows_to_peer[r] * row_bytes));
+      in_.push_back(static_cast<int>(stats.rows_from_peer[r] * row_bytes));
+    }
+    out_displs_ = displacements(out_);
+    in_displs_ = displacements(in_);
+    send_.assign(static_cast<std::size_t>(out_displs_.back() + out_.back()), std::byte{1});
+    recv_.assign(static_cast<std::size_t>(in_displs_.back() + in_.back()), std::byte{0});
+  }
+  void run() {
+    MPI_Alltoallv(send_.data(), out_.data(), out_displs_.data(), MPI_BYTE, recv_.data(), in_.data(),
+                  in_displs_.data(), MPI_BYTE, comm_.native());
+    MPI_Alltoallv(recv_.data(), in_.data(), in_displs_.data(), MPI_BYTE, send_.data(), out_.data(),
+                  out_displs_.data(), MPI_BYTE, comm_.native());
+  }
+
+ private:
+  static std::vector<int> displacements(const std::vector<int>& counts) {
+    std::vector<int> d(counts.size(), 0);
+    for (std::size_t i = 1; i < counts.size(); ++i) d[i] = d[i - 1] + counts[i - 1];
+    return d;
+  }
+  comm::MpiCommunicator& comm_;
+  std::vector<int> out_, in_, out_displs_, in_displs_;
+  std::vector<std::byte> send_, recv_;
+};
 
 int bench(comm::MpiCommunicator& world, const Options& o) {
   const MoeConfig& c = o.layer.config;
@@ -102,86 +129,142 @@ int bench(comm::MpiCommunicator& world, const Options& o) {
   init_parameters(layer, o.seed);
   const int rank = world.rank();
   const std::int64_t d = c.d_model;
-  std::vector<float> x(static_cast<std::size_t>(o.tokens * d)), y(x.size());
+  std::vector<float> x(static_cast<std::size_t>(o.tokens * d)), y(x.size()), dy(x.size()), dx(x.size());
   fill_normal(x, o.seed, "input.rank" + std::to_string(rank));
+  fill_normal(dy, o.seed, "grad_output.rank" + std::to_string(rank));
 
   ForwardContext ctx;
-  std::vector<double> forward_s, gemm_s;
-  std::vector<std::array<double, kNumPhases>> phases;
-  std::vector<float> gemm_a, gemm_b;
-  double gemm_flops = 0;
+  Series series;
+  experts::GemmFloorWorkspace gemm_ws;
+  double gemm_fwd_flops = 0, gemm_bwd_flops = 0;
+  std::optional<RawAlltoallv> raw;
+  const std::int64_t row_bytes = d * static_cast<std::int64_t>(sizeof(float));
   for (int i = 0; i < o.warmup + o.iters; ++i) {
+    // Layer: forward then backward, each timed on every rank; the slowest rank counts.
     world.barrier();
-    const auto start = std::chrono::steady_clock::now();
+    auto start = Clock::now();
     const ForwardResult& r = layer.forward(x, y, ctx);
-    double elapsed[1 + kNumPhases] = {seconds_since(start)};
-    std::copy(r.stats.phase_seconds.begin(), r.stats.phase_seconds.end(), elapsed + 1);
-    world.allreduce(std::span<double>(elapsed), comm::ReduceOp::max);
+    double t[2 + 2 * kNumPhases] = {seconds_since(start), 0};
+    if (!o.forward_only) {
+      start = Clock::now();
+      layer.backward(x, dy, dx, ctx);
+      t[1] = seconds_since(start);
+    }
+    std::copy(r.stats.phase_seconds.begin(), r.stats.phase_seconds.end(), t + 2);
+    std::copy(ctx.backward_phase_seconds().begin(), ctx.backward_phase_seconds().end(),
+              t + 2 + kNumPhases);
+    world.allreduce(std::span<double>(t), comm::ReduceOp::max);
 
-    // The same expert shapes, timed alone right after, under the same load.
-    std::vector<std::int64_t> rows(r.stats.expert_kept.begin() + layer.first_expert(),
-                                   r.stats.expert_kept.begin() + layer.first_expert() + layer.experts_per_rank());
-    const std::int64_t most_rows = *std::max_element(rows.begin(), rows.end());
-    gemm_a.resize(static_cast<std::size_t>(most_rows * std::max(d, c.d_hidden)));
-    gemm_b.resize(static_cast<std::size_t>(most_rows * c.d_hidden));
+    // Floors, right after, with this call's shapes.
+    const auto first = r.stats.expert_kept.begin() + layer.first_expert();
+    const std::vector<std::int64_t> rows(first, first + layer.experts_per_rank());
+    double floor_t[3] = {0, 0, 0};
     world.barrier();
-    double gemm_time = time_expert_gemms(c, layer.experts(), rows, gemm_a, gemm_b, gemm_flops);
-    world.allreduce(std::span<double>(&gemm_time, 1), comm::ReduceOp::max);
+    start = Clock::now();
+    gemm_fwd_flops = experts::run_forward_gemms(layer.experts(), rows, gemm_ws);
+    floor_t[0] = seconds_since(start);
+    if (!o.forward_only) {
+      start = Clock::now();
+      gemm_bwd_flops = experts::run_backward_gemms(layer.experts(), rows, gemm_ws);
+      floor_t[1] = seconds_since(start);
+    }
+    if (!raw) raw.emplace(world, r.stats, row_bytes);
+    world.barrier();
+    start = Clock::now();
+    raw->run();
+    floor_t[2] = seconds_since(start);
+    world.allreduce(std::span<double>(floor_t), comm::ReduceOp::max);
     if (i < o.warmup) continue;
-    forward_s.push_back(elapsed[0]);
-    gemm_s.push_back(gemm_time);
-    std::array<double, kNumPhases> p{};
-    std::copy(elapsed + 1, elapsed + 1 + kNumPhases, p.begin());
-    phases.push_back(p);
+
+    series.add("fwd", t[0]);
+    series.add("bwd", t[1]);
+    for (std::size_t p = 0; p < kNumPhases; ++p) {
+      series.add("fwd." + std::string(kPhaseNames[p]), t[2 + p]);
+      series.add("bwd." + std::string(kPhaseNames[p]), t[2 + kNumPhases + p]);
+    }
+    series.add("exchange", t[2 + static_cast<std::size_t>(Phase::exchange)] +
+                               t[2 + static_cast<std::size_t>(Phase::exchange_back)]);
+    series.add("gemm_fwd", floor_t[0]);
+    series.add("gemm_bwd", floor_t[1]);
+    series.add("raw_alltoallv", floor_t[2]);
   }
 
   const ForwardStats& stats = ctx.result().stats;
   if (rank != 0) return 0;
-  const double fwd_ms = 1e3 * median(forward_s);
-  const double gemm_ms = 1e3 * median(gemm_s);
-  const double tokens_per_s = static_cast<double>(stats.total_tokens) / (fwd_ms / 1e3);
+  const double fwd_ms = series.median_ms("fwd"), bwd_ms = series.median_ms("bwd");
+  const double gemm_fwd_ms = series.median_ms("gemm_fwd"), gemm_bwd_ms = series.median_ms("gemm_bwd");
+  const double exchange_ms = series.median_ms("exchange");
+  const double raw_ms = series.median_ms("raw_alltoallv");
+  // nccl-tests conventions: algbw is the bytes one rank sends over the time; for an all-to-all
+  // the bus bandwidth factor is (P-1)/P, the share of a rank's data that leaves it.
+  const int p_size = world.size();
+  const double all_bytes = static_cast<double>(
+      (std::accumulate(stats.rows_to_peer.begin(), stats.rows_to_peer.end(), std::int64_t{0}) +
+       std::accumulate(stats.rows_from_peer.begin(), stats.rows_from_peer.end(), std::int64_t{0})) *
+      row_bytes);
+  const double algbw = exchange_ms > 0 ? all_bytes / (exchange_ms / 1e3) / 1e9 : 0.0;
+  const double busbw = algbw * (p_size - 1) / p_size;
+  const double gemm_ms = gemm_fwd_ms + gemm_bwd_ms;
+
   nlohmann::json j;
-  j["ranks"] = world.size();
+  j["ranks"] = p_size;
   j["tokens_per_rank"] = o.tokens;
   j["config"] = c.summary();
+  j["chunks"] = 1;
   j["fwd_ms"] = fwd_ms;
-  j["gemm_fwd_ms"] = gemm_ms;
-  j["gemm_gflops"] = gemm_flops / (gemm_ms / 1e3) / 1e9;
-  j["tokens_per_s"] = tokens_per_s;
+  j["bwd_ms"] = bwd_ms;
+  j["gemm_fwd_ms"] = gemm_fwd_ms;
+  j["gemm_bwd_ms"] = gemm_bwd_ms;
+  j["gemm_gflops"] = gemm_ms > 0 ? (gemm_fwd_flops + gemm_bwd_flops) / (gemm_ms / 1e3) / 1e9 : 0.0;
+  j["layer_over_gemm"] = gemm_ms > 0 ? (fwd_ms + bwd_ms) / gemm_ms : 0.0;
+  j["exchange_ms"] = exchange_ms;
+  j["raw_alltoallv_ms"] = raw_ms;
+  j["exchange_over_raw"] = raw_ms > 0 ? exchange_ms / raw_ms : 0.0;
+  j["algbw_gbs"] = algbw;
+  j["busbw_gbs"] = busbw;
+  j["tokens_per_s"] = static_cast<double>(stats.total_tokens) / ((fwd_ms + bwd_ms) / 1e3);
   j["dropped_assignments"] = stats.dropped_assignments;
   j["dropped_tokens"] = stats.dropped_tokens;
   j["expert_counts"] = stats.expert_counts;
   j["expert_kept"] = stats.expert_kept;
   for (std::size_t p = 0; p < kNumPhases; ++p) {
-    std::vector<double> v;
-    for (const auto& it : phases) v.push_back(it[p]);
-    j["phase_ms"][std::string(kPhaseNames[p])] = 1e3 * median(v);
+    const std::string name(kPhaseNames[p]);
+    j["fwd_phase_ms"][name] = series.median_ms("fwd." + name);
+    j["bwd_phase_ms"][name] = series.median_ms("bwd." + name);
   }
   if (o.json) {
     std::cout << j.dump() << std::endl;
     return 0;
   }
+
   const std::int64_t assignments = stats.total_tokens * c.top_k;
-  std::printf("moe-bench: %d ranks x %lld tokens, %s\n", world.size(),
-              static_cast<long long>(o.tokens), c.summary().c_str());
+  std::printf("moe-bench: %d ranks x %lld tokens, %s\n", p_size, static_cast<long long>(o.tokens),
+              c.summary().c_str());
   std::printf("routing: %lld assignments, %lld dropped (%.2f%%), %lld tokens lost every choice\n",
               static_cast<long long>(assignments), static_cast<long long>(stats.dropped_assignments),
               assignments ? 100.0 * static_cast<double>(stats.dropped_assignments) / static_cast<double>(assignments) : 0.0,
               static_cast<long long>(stats.dropped_tokens));
-  std::printf("%-8s %12s %12s\n", "expert", "assigned", "kept");
+  std::printf("\n%-8s %10s %10s\n", "expert", "assigned", "kept");
   for (std::size_t e = 0; e < stats.expert_counts.size(); ++e) {
-    std::printf("%-8zu %12lld %12lld\n", e, static_cast<long long>(stats.expert_counts[e]),
+    std::printf("%-8zu %10lld %10lld\n", e, static_cast<long long>(stats.expert_counts[e]),
                 static_cast<long long>(stats.expert_kept[e]));
   }
-  std::printf("\n%-22s %10s   (median of %d, slowest rank)\n", "phase", "ms", o.iters);
+  std::printf("\nmedians of %d iterations, slowest rank, ms\n", o.iters);
+  std::printf("%-16s %10s %10s\n", "phase", "forward", "backward");
   for (std::size_t p = 0; p < kNumPhases; ++p) {
-    std::printf("%-22s %10.3f\n", std::string(kPhaseNames[p]).c_str(),
-                j["phase_ms"][std::string(kPhaseNames[p])].get<double>());
+    const std::string name(kPhaseNames[p]);
+    std::printf("%-16s %10.3f %10.3f\n", name.c_str(), series.median_ms("fwd." + name),
+                series.median_ms("bwd." + name));
   }
-  std::printf("%-22s %10.3f   %.0f tokens/s\n", "forward", fwd_ms, tokens_per_s);
-  std::printf("%-22s %10.3f   %.1f GFLOP/s per rank\n", "expert GEMMs alone", gemm_ms,
-              j["gemm_gflops"].get<double>());
-  std::printf("%-22s %10.3f\n", "forward / GEMMs", fwd_ms / gemm_ms);
+  std::printf("%-16s %10.3f %10.3f   %.0f tokens/s (forward+backward)\n", "total", fwd_ms, bwd_ms,
+              j["tokens_per_s"].get<double>());
+  std::printf("%-16s %10.3f %10.3f   %.1f GFLOP/s per rank\n", "expert GEMMs", gemm_fwd_ms,
+              gemm_bwd_ms, j["gemm_gflops"].get<double>());
+  std::printf("\n%-34s %8.3f\n", "(fwd + bwd) / (GEMMs alone)", j["layer_over_gemm"].get<double>());
+  std::printf("%-34s %8.3f ms  algbw %.2f GB/s  busbw %.2f GB/s\n", "exchanges of one forward",
+              exchange_ms, algbw, busbw);
+  std::printf("%-34s %8.3f ms  (ratio %.3f)\n", "plain MPI_Alltoallv, same bytes", raw_ms,
+              j["exchange_over_raw"].get<double>());
   return 0;
 }
 

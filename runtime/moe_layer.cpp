@@ -238,6 +238,12 @@ void MoeLayer::reduce_statistics(ForwardContext& ctx) {
   ForwardStats& stats = ctx.result_.stats;
   stats.expert_counts.assign(static_cast<std::size_t>(num_experts), 0);
   stats.expert_kept.assign(static_cast<std::size_t>(num_experts), 0);
+  stats.rows_to_peer.resize(static_cast<std::size_t>(p_size));
+  stats.rows_from_peer.resize(static_cast<std::size_t>(p_size));
+  for (int p = 0; p < p_size; ++p) {
+    stats.rows_to_peer[p] = plan.send_rows_to(p);
+    stats.rows_from_peer[p] = plan.recv_rows_from(p);
+  }
   stats.bytes_sent.resize(static_cast<std::size_t>(p_size));
   stats.bytes_received.resize(static_cast<std::size_t>(p_size));
   stats.total_tokens = stats.dropped_assignments = stats.dropped_tokens = 0;

@@ -22,6 +22,8 @@ struct ForwardStats {
   std::vector<std::int64_t> bytes_sent;        // [P] payload bytes each rank sent to other ranks
                                                // (dispatch and return; rows kept local excluded)
   std::vector<std::int64_t> bytes_received;    // [P]
+  std::vector<std::int64_t> rows_to_peer;      // [P] rows this rank dispatched to each rank
+  std::vector<std::int64_t> rows_from_peer;    // [P] rows this rank received from each rank
   std::array<double, kNumPhases> phase_seconds{};  // this rank's wall time per phase
 
   double& seconds(Phase phase) { return phase_seconds[static_cast<std::size_t>(phase)]; }
