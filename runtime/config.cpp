@@ -18,6 +18,16 @@ std::string_view to_string(DropPolicy policy) {
   return policy == DropPolicy::position ? "position" : "score";
 }
 
+std::optional<ExchangeKind> parse_exchange_kind(std::string_view name) {
+  if (name == "variable") return ExchangeKind::variable;
+  if (name == "padded") return ExchangeKind::padded;
+  return std::nullopt;
+}
+
+std::string_view to_string(ExchangeKind kind) {
+  return kind == ExchangeKind::variable ? "variable" : "padded";
+}
+
 namespace {
 
 [[noreturn]] void fail(std::string message) { throw Error(std::move(message)); }
@@ -54,6 +64,14 @@ void MoeConfig::validate(int ep_size) const {
   }
   if (!std::isfinite(z_loss_coef) || z_loss_coef < 0) {
     fail("z_loss_coef must be finite and >= 0, got " + format_double(z_loss_coef));
+  }
+  if (overlap_chunks < 0 || overlap_chunks > kMaxOverlapChunks) {
+    fail("overlap_chunks=" + std::to_string(overlap_chunks) + " is outside 0..64 (0 = auto)");
+  }
+  // Padded blocks hold `capacity` slots; a dropless layer has no capacity to size them by.
+  if (exchange == ExchangeKind::padded && dropless()) {
+    fail("the padded exchange needs a capacity, but capacity_factor=" +
+         format_double(capacity_factor) + " makes the layer dropless; use the variable exchange");
   }
 }
 
@@ -100,7 +118,9 @@ std::string MoeConfig::summary() const {
       << " min_capacity=" << min_capacity << " drop_policy=" << to_string(drop_policy)
       << " activation=" << experts::to_string(activation)
       << " normalize_topk=" << (normalize_topk ? "true" : "false")
-      << " aux_loss_coef=" << aux_loss_coef << " z_loss_coef=" << z_loss_coef;
+      << " aux_loss_coef=" << aux_loss_coef << " z_loss_coef=" << z_loss_coef
+      << " overlap_chunks=" << (overlap_chunks == 0 ? std::string("auto") : std::to_string(overlap_chunks))
+      << " exchange=" << to_string(exchange) << " wire=" << to_string(wire);
   return out.str();
 }
 

@@ -9,6 +9,7 @@
 #include <string_view>
 
 #include "experts/activation.hpp"
+#include "runtime/wire_format.hpp"
 
 namespace moe {
 
@@ -16,6 +17,16 @@ enum class DropPolicy { position, score };
 
 std::optional<DropPolicy> parse_drop_policy(std::string_view name);
 std::string_view to_string(DropPolicy policy);
+
+// How rows are exchanged: `variable` sends each expert's kept rows after a count exchange;
+// `padded` sends every (source, expert) pair a fixed block of capacity slots with the row count in
+// its header, so no count exchange precedes the payload (not for dropless layers: no capacity).
+enum class ExchangeKind { variable, padded };
+
+std::optional<ExchangeKind> parse_exchange_kind(std::string_view name);
+std::string_view to_string(ExchangeKind kind);
+
+inline constexpr std::int64_t kMaxOverlapChunks = 64;
 
 struct MoeConfig {
   std::int64_t num_experts = 0;  // E, a multiple of the expert-parallel size
@@ -29,6 +40,11 @@ struct MoeConfig {
   bool normalize_topk = false;
   double aux_loss_coef = 0.01;
   double z_loss_coef = 0.0;
+
+  // Execution: how the layer runs, never what it computes (SPEC.md section 9).
+  std::int64_t overlap_chunks = 1;  // pipeline chunks; 0 = auto, chosen from the first call's timings
+  ExchangeKind exchange = ExchangeKind::variable;
+  WireFormat wire = WireFormat::fp32;  // bf16 only when asked for (relative error <= 1e-2)
 
   bool dropless() const { return capacity_factor <= 0.0; }
   std::int64_t experts_per_rank(int ep_size) const { return num_experts / ep_size; }

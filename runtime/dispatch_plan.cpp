@@ -78,8 +78,21 @@ void keep_by_score(std::span<const std::int32_t> expert, std::span<const float> 
 
 }  // namespace
 
+std::int64_t DispatchPlan::send_rows_to(int p) const {
+  Index rows = 0;
+  for (int c = 0; c < num_chunks; ++c) rows += send_rows(c, p);
+  return rows;
+}
+
+std::int64_t DispatchPlan::recv_rows_from(int s) const {
+  Index rows = 0;
+  for (int c = 0; c < num_chunks; ++c) rows += recv_rows(c, s);
+  return rows;
+}
+
 void build_plan(const MoeConfig& config, int ep_size, std::span<const std::int32_t> expert,
-                std::span<const float> weight, Index num_tokens, DispatchPlan& plan) {
+                std::span<const float> weight, Index num_tokens, int num_chunks,
+                Index padded_slots, DispatchPlan& plan) {
   const Index k = config.top_k;
   const Index num_experts = config.num_experts;
   const Index num_assign = num_tokens * k;
@@ -89,6 +102,8 @@ void build_plan(const MoeConfig& config, int ep_size, std::span<const std::int32
   plan.ep_size = ep_size;
   plan.experts_per_rank = num_experts / ep_size;
   plan.capacity = expert_capacity(config, num_tokens);
+  plan.num_chunks = num_chunks;
+  plan.padded_slots = padded_slots;
 
   plan.kept.assign(static_cast<std::size_t>(num_experts), 0);
   grow(plan.send_row, num_assign);
@@ -100,48 +115,69 @@ void build_plan(const MoeConfig& config, int ep_size, std::span<const std::int32
                   plan);
   }
 
-  // Send buffer: experts in order, each expert's kept assignments in slot order.
-  std::vector<Index>& expert_start = plan.scratch_bucket;
-  expert_start.assign(static_cast<std::size_t>(num_experts + 1), 0);
-  for (Index e = 0; e < num_experts; ++e) expert_start[e + 1] = expert_start[e] + plan.kept[e];
-  const Index num_rows = expert_start[num_experts];
-  grow(plan.send_token, num_rows);
-  plan.dropped_assignments = num_assign - num_rows;
+  // Send buffer, chunk-major: block_start[c*E + e] is the first row of expert e's part c of its
+  // list (its kept rows, or padded_slots rows with padding after the kept ones).
+  const int chunks = num_chunks;
+  const auto list_length = [&](Index e) { return padded_slots < 0 ? plan.kept[e] : padded_slots; };
+  std::vector<Index>& block_start = plan.scratch_bucket;
+  block_start.assign(static_cast<std::size_t>(chunks * num_experts), 0);
+  plan.send_offsets.assign(static_cast<std::size_t>(chunks * ep_size + 1), 0);
+  Index row = 0;
+  for (int c = 0; c < chunks; ++c) {
+    for (Index e = 0; e < num_experts; ++e) {
+      if (e % plan.experts_per_rank == 0) plan.send_offsets[c * ep_size + e / plan.experts_per_rank] = row;
+      block_start[c * num_experts + e] = row;
+      row += chunk_part_rows(list_length(e), c, chunks);
+    }
+  }
+  plan.send_offsets.back() = row;
+  grow(plan.send_token, row);
+  std::fill_n(plan.send_token.begin(), row, Index{-1});
+  Index kept_total = 0;
+  for (Index e = 0; e < num_experts; ++e) kept_total += plan.kept[e];
+  plan.dropped_assignments = num_assign - kept_total;
   plan.dropped_tokens = 0;
   for (Index t = 0; t < num_tokens; ++t) {
     bool any_kept = false;
     for (Index j = 0; j < k; ++j) {
       const Index a = t * k + j;
       if (slot[a] < 0) continue;
-      const Index row = expert_start[expert[a]] + slot[a];
-      slot[a] = row;
-      plan.send_token[row] = t;
+      // The chunk whose part of [0, n) holds this slot: parts are nearly equal, so start from
+      // the proportional guess and step to the right one.
+      const Index n = list_length(expert[a]);
+      int c = static_cast<int>(slot[a] * chunks / n);
+      while (chunk_part_begin(n, c + 1, chunks) <= slot[a]) ++c;
+      while (chunk_part_begin(n, c, chunks) > slot[a]) --c;
+      const Index r = block_start[c * num_experts + expert[a]] + slot[a] - chunk_part_begin(n, c, chunks);
+      slot[a] = r;
+      plan.send_token[r] = t;
       any_kept = true;
     }
     if (!any_kept) ++plan.dropped_tokens;
-  }
-
-  plan.send_offsets.assign(static_cast<std::size_t>(ep_size + 1), 0);
-  for (int p = 0; p < ep_size; ++p) {
-    plan.send_offsets[p + 1] = expert_start[(p + 1) * plan.experts_per_rank];
   }
 }
 
 void set_receive_counts(DispatchPlan& plan, std::span<const std::int64_t> recv_counts) {
   const Index local = plan.experts_per_rank;
   const int ep_size = plan.ep_size;
+  const int chunks = plan.num_chunks;
   plan.recv_counts.assign(recv_counts.begin(), recv_counts.end());
-  plan.recv_offsets.assign(static_cast<std::size_t>(ep_size + 1), 0);
-  plan.expert_offsets.assign(static_cast<std::size_t>(local + 1), 0);
-  for (int s = 0; s < ep_size; ++s) {
-    Index rows = 0;
-    for (Index e = 0; e < local; ++e) {
-      rows += recv_counts[s * local + e];
-      plan.expert_offsets[e + 1] += recv_counts[s * local + e];
+  plan.recv_offsets.assign(static_cast<std::size_t>(chunks * ep_size + 1), 0);
+  plan.expert_offsets.assign(static_cast<std::size_t>(chunks * (local + 1)), 0);
+  Index row = 0;
+  for (int c = 0; c < chunks; ++c) {
+    Index* offsets = plan.expert_offsets.data() + c * (local + 1);
+    for (int s = 0; s < ep_size; ++s) {
+      plan.recv_offsets[c * ep_size + s] = row;
+      for (Index e = 0; e < local; ++e) {
+        const Index rows = chunk_part_rows(recv_counts[s * local + e], c, chunks);
+        row += rows;
+        offsets[e + 1] += rows;
+      }
     }
-    plan.recv_offsets[s + 1] = plan.recv_offsets[s] + rows;
+    for (Index e = 0; e < local; ++e) offsets[e + 1] += offsets[e];
   }
-  for (Index e = 0; e < local; ++e) plan.expert_offsets[e + 1] += plan.expert_offsets[e];
+  plan.recv_offsets.back() = row;
 }
 
 }  // namespace moe

@@ -3,6 +3,14 @@
 // (once the per-expert counts are exchanged) how the received rows group by local expert. Forward
 // and backward, and every exchange strategy, read the same plan; this is what makes their results
 // agree by construction.
+//
+// Chunks (for overlapping exchanges with expert compute) split every (source rank, expert) list
+// of kept slots into num_chunks consecutive parts: part c of a list of n slots is
+// [n·c/C, n·(c+1)/C). Drops are decided before the split, so chunking never changes them. Every
+// layout is chunk-major, so one chunk's rows are contiguous everywhere:
+//   send     (chunk, destination rank, local expert, slot)
+//   receive  (chunk, source rank, local expert, slot)
+//   expert   (chunk, local expert, source rank, slot)   -- what the expert GEMMs read
 #pragma once
 
 #include <cstdint>
@@ -25,34 +33,60 @@ struct DispatchPlan {
   std::int64_t experts_per_rank = 0;
   std::int64_t capacity = -1;
 
-  // Source side. The send buffer is ordered by global expert, then slot; since rank p owns the
-  // contiguous experts [p*E/P, (p+1)*E/P), this is also ordered by destination rank.
+  int num_chunks = 1;
+  // Padded exchange: every (source, expert) list is padded_slots long, kept rows first, then
+  // padding rows (send_token -1, zeros on the wire). -1: the variable exchange, lists as kept.
+  std::int64_t padded_slots = -1;
+
+  // Source side. Rank p owns the contiguous experts [p*E/P, (p+1)*E/P), so within a chunk the
+  // send rows ordered by global expert are also ordered by destination rank.
   std::vector<std::int64_t> send_row;      // [T*k] row of assignment t*k+j in the send buffer, -1: dropped
-  std::vector<std::int64_t> send_token;    // [rows sent] source token of each send row
+  std::vector<std::int64_t> send_token;    // [rows sent] source token of each send row, -1: padding
   std::vector<std::int64_t> kept;          // [E] assignments kept per expert (this rank's)
-  std::vector<std::int64_t> send_offsets;  // [P+1] first send row for each destination rank
+  std::vector<std::int64_t> send_offsets;  // [C*P+1] first send row of (chunk c, destination p) at c*P+p
   std::int64_t dropped_assignments = 0;
   std::int64_t dropped_tokens = 0;         // tokens whose every assignment was dropped
 
   // Destination side, known after the count exchange.
   std::vector<std::int64_t> recv_counts;     // [P * E/P] rows from source s for local expert e at s*E/P + e
-  std::vector<std::int64_t> recv_offsets;    // [P+1] first received row from each source rank
-  std::vector<std::int64_t> expert_offsets;  // [E/P + 1] rows of each local expert once regrouped
+  std::vector<std::int64_t> recv_offsets;    // [C*P+1] first received row of (chunk c, source s)
+  std::vector<std::int64_t> expert_offsets;  // [C*(E/P+1)] per chunk, rows of each local expert,
+                                             // relative to the chunk's first row
 
   std::int64_t num_send_rows() const { return send_offsets.back(); }
   std::int64_t num_recv_rows() const { return recv_offsets.back(); }
-  // Rows this rank sends to destination p.
-  std::int64_t send_rows_to(int p) const { return send_offsets[p + 1] - send_offsets[p]; }
-  std::int64_t recv_rows_from(int s) const { return recv_offsets[s + 1] - recv_offsets[s]; }
+  // Rows of (chunk c, destination p) and of (chunk c, source s).
+  std::int64_t send_rows(int c, int p) const { return send_offsets[c * ep_size + p + 1] - send_offsets[c * ep_size + p]; }
+  std::int64_t recv_rows(int c, int s) const { return recv_offsets[c * ep_size + s + 1] - recv_offsets[c * ep_size + s]; }
+  // Over all chunks.
+  std::int64_t send_rows_to(int p) const;
+  std::int64_t recv_rows_from(int s) const;
+  // First row and row count of chunk c in the send layout, and in the receive/expert layouts.
+  std::int64_t chunk_send_begin(int c) const { return send_offsets[c * ep_size]; }
+  std::int64_t chunk_send_rows(int c) const { return send_offsets[(c + 1) * ep_size] - send_offsets[c * ep_size]; }
+  std::int64_t chunk_recv_begin(int c) const { return recv_offsets[c * ep_size]; }
+  std::int64_t chunk_recv_rows(int c) const { return recv_offsets[(c + 1) * ep_size] - recv_offsets[c * ep_size]; }
+  std::span<const std::int64_t> chunk_expert_offsets(int c) const {
+    return std::span<const std::int64_t>(expert_offsets).subspan(
+        static_cast<std::size_t>(c * (experts_per_rank + 1)), static_cast<std::size_t>(experts_per_rank + 1));
+  }
 
-  // Scratch of the score policy, kept here so rebuilding a plan allocates nothing in steady state.
+  // Scratch, kept here so rebuilding a plan allocates nothing in steady state.
   std::vector<std::int64_t> scratch_order;
   std::vector<std::int64_t> scratch_bucket;
 };
 
-// Builds the source side from the router's choices (expert and weight are [T, k]).
+// Rows of a list of n slots that fall in chunk c of num_chunks: [n·c/C, n·(c+1)/C).
+inline std::int64_t chunk_part_begin(std::int64_t n, int c, int num_chunks) { return n * c / num_chunks; }
+inline std::int64_t chunk_part_rows(std::int64_t n, int c, int num_chunks) {
+  return chunk_part_begin(n, c + 1, num_chunks) - chunk_part_begin(n, c, num_chunks);
+}
+
+// Builds the source side from the router's choices (expert and weight are [T, k]). padded_slots
+// as in DispatchPlan; it must be at least the capacity of this rank's batch.
 void build_plan(const MoeConfig& config, int ep_size, std::span<const std::int32_t> expert,
-                std::span<const float> weight, std::int64_t num_tokens, DispatchPlan& plan);
+                std::span<const float> weight, std::int64_t num_tokens, int num_chunks,
+                std::int64_t padded_slots, DispatchPlan& plan);
 
 // Completes the destination side from the counts every source rank sends this rank:
 // recv_counts[s * E/P + e] rows from source s for local expert e.

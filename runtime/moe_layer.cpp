@@ -2,10 +2,10 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <string>
 
 #include "runtime/error.hpp"
-#include "runtime/permute.hpp"
 
 namespace moe {
 namespace {
@@ -15,23 +15,13 @@ void grow(std::vector<T>& v, std::int64_t n) {
   if (static_cast<std::int64_t>(v.size()) < n) v.resize(static_cast<std::size_t>(n));
 }
 
-// Zeroes `seconds`, then adds the wall time up to each lap() to that lap's phase.
-class PhaseClock {
- public:
-  explicit PhaseClock(std::array<double, kNumPhases>& seconds) : seconds_(seconds), last_(Clock::now()) {
-    seconds_ = {};
-  }
-  void lap(Phase phase) {
-    const auto now = Clock::now();
-    seconds_[static_cast<std::size_t>(phase)] += std::chrono::duration<double>(now - last_).count();
-    last_ = now;
-  }
+template <class T>
+std::span<T> rows(std::vector<T>& v, std::int64_t first, std::int64_t count, std::int64_t width) {
+  return std::span<T>(v).subspan(static_cast<std::size_t>(first * width),
+                                 static_cast<std::size_t>(count * width));
+}
 
- private:
-  using Clock = std::chrono::steady_clock;
-  std::array<double, kNumPhases>& seconds_;
-  Clock::time_point last_;
-};
+using Clock = std::chrono::steady_clock;
 
 std::string check_shapes(std::span<const float> x, std::span<const float> y, std::int64_t d) {
   if (x.size() % static_cast<std::size_t>(d) != 0) {
@@ -55,53 +45,59 @@ MoeLayer::MoeLayer(const MoeConfig& config, comm::Communicator& ep_comm)
       experts_per_rank(), {config_.d_model, config_.d_hidden, config_.activation});
   gate_weight_grad_.assign(gate_weight_.size(), 0.0f);
   expert_grads_ = experts::ExpertShard(experts_.num_experts(), experts_.shape());
+
+  chunks_ = config_.overlap_chunks > 0 ? static_cast<int>(config_.overlap_chunks) : 1;
+  auto_pending_ = config_.overlap_chunks == 0;
+  if (auto_pending_) {
+    // The fixed cost of one exchange, which every extra chunk pays twice: the best of a few empty
+    // exchanges, the slowest rank's.
+    std::vector<std::size_t> none(static_cast<std::size_t>(ep_size()), 0);
+    double best = 1e30;
+    for (int i = 0; i < 5; ++i) {
+      const auto start = Clock::now();
+      comm_.alltoallv(nullptr, none, nullptr, none);
+      best = std::min(best, std::chrono::duration<double>(Clock::now() - start).count());
+    }
+    comm_.allreduce(std::span<double>(&best, 1), comm::ReduceOp::max);
+    empty_exchange_seconds_ = best;
+  }
+  if (chunks_ > 1) worker_ = std::make_unique<ExchangeWorker>(comm_);
 }
+
+MoeLayer::~MoeLayer() = default;
 
 void MoeLayer::zero_grad() {
   std::fill(gate_weight_grad_.begin(), gate_weight_grad_.end(), 0.0f);
   expert_grads_.set_zero();
 }
 
+std::size_t MoeLayer::wire_row_bytes() const {
+  return static_cast<std::size_t>(config_.d_model) * wire_value_bytes(config_.wire);
+}
+
 const ForwardResult& MoeLayer::forward(std::span<const float> x, std::span<float> y,
                                        ForwardContext& ctx) {
-  const std::int64_t d = config_.d_model;
-  PhaseClock clock(ctx.result_.stats.phase_seconds);
-
-  // A local problem is not thrown yet: it travels with the counts, so no peer is left waiting.
-  const std::string local_error = check_shapes(x, y, d);
-  const std::int64_t num_tokens = local_error.empty() ? static_cast<std::int64_t>(x.size()) / d : 0;
-  route(config_, gate_weight_, x, num_tokens, ctx.router_);
-  build_plan(config_, ep_size(), ctx.router_.expert, ctx.router_.weight, num_tokens, ctx.plan_);
+  PhaseTimer clock(ctx.result_.stats.phase_seconds);
+  plan_dispatch(x, y, ctx);
   clock.lap(Phase::route);
 
-  exchange_counts(ctx, local_error);
   const DispatchPlan& plan = ctx.plan_;
-  grow(send_rows_, plan.num_send_rows() * d);
-  gather_rows(plan, x, d, send_rows_);
+  const std::int64_t d = config_.d_model;
+  const auto row_bytes = static_cast<std::int64_t>(wire_row_bytes());
+  grow(send_wire_, plan.num_send_rows() * row_bytes);
+  gather_rows(plan, x, wire(send_wire_.data()));
   clock.lap(Phase::permute);
 
-  grow(recv_rows_, plan.num_recv_rows() * d);
-  exchange_rows(plan, send_rows_, recv_rows_, true);
-  clock.lap(Phase::exchange);
-
   grow(ctx.expert_input_, plan.num_recv_rows() * d);
-  grow(expert_output_, plan.num_recv_rows() * d);
-  regroup_rows(plan, recv_rows_, d, ctx.expert_input_, true);
-  const std::span<const float> expert_input(ctx.expert_input_.data(),
-                                            static_cast<std::size_t>(plan.num_recv_rows() * d));
-  const std::span<float> expert_output(expert_output_.data(), expert_input.size());
-  experts::ffn_forward(experts_, expert_input, plan.expert_offsets, expert_output, ctx.ffn_);
-  regroup_rows(plan, expert_output, d, recv_rows_, false);
-  clock.lap(Phase::experts);
-
-  grow(ctx.returned_, plan.num_send_rows() * d);
-  exchange_rows(plan, recv_rows_, ctx.returned_, false);
-  clock.lap(Phase::exchange_back);
-
-  combine_rows(plan, ctx.router_.weight, ctx.returned_, d, y);
+  grow(expert_rows_, plan.num_recv_rows() * d);
+  if (static_cast<int>(ctx.ffn_.size()) < plan.num_chunks) ctx.ffn_.resize(static_cast<std::size_t>(plan.num_chunks));
+  grow(ctx.returned_, plan.num_send_rows() * row_bytes);
+  const double exchange_seconds =
+      run_pipeline(ctx, send_wire_.data(), ctx.returned_.data(), &MoeLayer::forward_chunk, clock);
+  combine_rows(plan, ctx.router_.weight, wire(ctx.returned_.data()), y);
   clock.lap(Phase::combine);
 
-  reduce_statistics(ctx);
+  reduce_statistics(ctx, exchange_seconds);
   return ctx.result_;
 }
 
@@ -119,33 +115,23 @@ void MoeLayer::backward(std::span<const float> x, std::span<const float> dy, std
   }
   agree_on_errors(comm_, local_error);
 
-  PhaseClock clock(ctx.backward_seconds_);
-  const std::int64_t k = config_.top_k;
-  grow(grad_expert_, plan.num_send_rows() * d);
-  grow(d_weight_, plan.num_tokens * k);
-  combine_rows_backward(plan, ctx.router_.weight, ctx.returned_, dy, d, grad_expert_, d_weight_);
+  PhaseTimer clock(ctx.backward_seconds_);
+  const auto row_bytes = static_cast<std::int64_t>(wire_row_bytes());
+  grow(send_wire_, plan.num_send_rows() * row_bytes);
+  grow(d_weight_, plan.num_tokens * config_.top_k);
+  combine_rows_backward(plan, ctx.router_.weight, wire(ctx.returned_.data()), dy,
+                        wire(send_wire_.data()), d_weight_);
+  zero_padding_rows(plan, wire(send_wire_.data()));
   clock.lap(Phase::combine);
 
-  // The gradient of each expert output travels the dispatch route, its input gradient comes back.
-  exchange_rows(plan, grad_expert_, recv_rows_, true);
-  clock.lap(Phase::exchange_back);
+  // The gradient of each expert output travels the dispatch route and the input gradient comes
+  // back into the same buffer: chunk c's return lands where chunk c's dispatch already left.
+  grow(expert_rows_, plan.num_recv_rows() * d);
+  grow(expert_grad_rows_, plan.num_recv_rows() * d);
+  ctx.backward_exchange_seconds_ =
+      run_pipeline(ctx, send_wire_.data(), send_wire_.data(), &MoeLayer::backward_chunk, clock);
 
-  const std::size_t rows = static_cast<std::size_t>(plan.num_recv_rows() * d);
-  grow(expert_output_, static_cast<std::int64_t>(rows));
-  std::vector<float>& grad_rows = send_rows_;  // the forward's workspace, free during backward
-  grow(grad_rows, static_cast<std::int64_t>(rows));
-  regroup_rows(plan, recv_rows_, d, expert_output_, true);
-  experts::ffn_backward(experts_, std::span<const float>(ctx.expert_input_).first(rows),
-                        plan.expert_offsets, ctx.ffn_,
-                        std::span<const float>(expert_output_).first(rows),
-                        std::span<float>(grad_rows).first(rows), expert_grads_);
-  regroup_rows(plan, std::span<const float>(grad_rows).first(rows), d, recv_rows_, false);
-  clock.lap(Phase::experts);
-
-  exchange_rows(plan, recv_rows_, grad_expert_, false);
-  clock.lap(Phase::exchange);
-
-  gather_rows_backward(plan, grad_expert_, d, dx);
+  gather_rows_backward(plan, wire(send_wire_.data()), dx);
   clock.lap(Phase::permute);
 
   grow(d_logits_, plan.num_tokens * config_.num_experts);
@@ -156,12 +142,123 @@ void MoeLayer::backward(std::span<const float> x, std::span<const float> dy, std
   clock.lap(Phase::route);
 }
 
-// Each rank tells each destination how many rows it will send to every one of its local experts,
-// plus a status word: a rank with a local error sends 1 there, so every rank learns of it from this
-// exchange and all raise the same error together instead of some entering the payload exchange.
-void MoeLayer::exchange_counts(ForwardContext& ctx, const std::string& local_error) {
+void MoeLayer::forward_chunk(MoeLayer& layer, ForwardContext& ctx, int c) {
+  const DispatchPlan& plan = ctx.plan_;
+  const std::int64_t d = layer.config_.d_model;
+  const std::int64_t first = plan.chunk_recv_begin(c), count = plan.chunk_recv_rows(c);
+  const WireRows received = layer.wire(layer.recv_wire_.data());
+  to_expert_order(plan, c, received, ctx.expert_input_);
+  experts::ffn_forward(layer.experts_, rows(ctx.expert_input_, first, count, d),
+                       plan.chunk_expert_offsets(c), rows(layer.expert_rows_, first, count, d),
+                       ctx.ffn_[static_cast<std::size_t>(c)]);
+  from_expert_order(plan, c, layer.expert_rows_, received);
+}
+
+void MoeLayer::backward_chunk(MoeLayer& layer, ForwardContext& ctx, int c) {
+  const DispatchPlan& plan = ctx.plan_;
+  const std::int64_t d = layer.config_.d_model;
+  const std::int64_t first = plan.chunk_recv_begin(c), count = plan.chunk_recv_rows(c);
+  const WireRows received = layer.wire(layer.recv_wire_.data());
+  to_expert_order(plan, c, received, layer.expert_grad_rows_);
+  experts::ffn_backward(layer.experts_, rows(ctx.expert_input_, first, count, d),
+                        plan.chunk_expert_offsets(c), ctx.ffn_[static_cast<std::size_t>(c)],
+                        rows(layer.expert_grad_rows_, first, count, d),
+                        rows(layer.expert_rows_, first, count, d), layer.expert_grads_);
+  from_expert_order(plan, c, layer.expert_rows_, received);
+}
+
+double MoeLayer::run_pipeline(ForwardContext& ctx, const std::byte* send, std::byte* returned,
+                              ChunkWork work, PhaseTimer& timer) {
+  const DispatchPlan& plan = ctx.plan_;
+  const int chunks = plan.num_chunks;
+  const auto p_size = static_cast<std::size_t>(ep_size());
+  const std::size_t row_bytes = wire_row_bytes();
+  grow(recv_wire_, plan.num_recv_rows() * static_cast<std::int64_t>(row_bytes));
+  std::byte* recv = recv_wire_.data();
+
+  // Per chunk: bytes to each destination, then bytes from each source; the way back swaps them.
+  chunk_bytes_.resize(static_cast<std::size_t>(chunks) * 2 * p_size);
+  const auto out_bytes = [&](int c) {
+    return std::span<const std::size_t>(chunk_bytes_).subspan(static_cast<std::size_t>(c) * 2 * p_size, p_size);
+  };
+  const auto in_bytes = [&](int c) {
+    return std::span<const std::size_t>(chunk_bytes_).subspan((static_cast<std::size_t>(c) * 2 + 1) * p_size, p_size);
+  };
+  for (int c = 0; c < chunks; ++c) {
+    std::size_t* out = chunk_bytes_.data() + static_cast<std::size_t>(c) * 2 * p_size;
+    for (int p = 0; p < ep_size(); ++p) {
+      out[p] = static_cast<std::size_t>(plan.send_rows(c, p)) * row_bytes;
+      out[p_size + static_cast<std::size_t>(p)] = static_cast<std::size_t>(plan.recv_rows(c, p)) * row_bytes;
+    }
+  }
+  const auto send_at = [&](int c) { return static_cast<std::size_t>(plan.chunk_send_begin(c)) * row_bytes; };
+  const auto recv_at = [&](int c) { return static_cast<std::size_t>(plan.chunk_recv_begin(c)) * row_bytes; };
+
+  if (!worker_) {
+    // One chunk: the exchanges run here, nothing to overlap.
+    const auto start = Clock::now();
+    comm_.alltoallv(send, out_bytes(0), recv, in_bytes(0));
+    const auto dispatched = Clock::now();
+    timer.lap(Phase::exchange);
+    work(*this, ctx, 0);
+    timer.lap(Phase::experts);
+    const auto back_start = Clock::now();
+    comm_.alltoallv(recv, in_bytes(0), returned, out_bytes(0));
+    timer.lap(Phase::exchange_back);
+    return std::chrono::duration<double>(dispatched - start).count() +
+           std::chrono::duration<double>(Clock::now() - back_start).count();
+  }
+
+  // Every dispatch is queued first; chunk c is computed as soon as it has arrived and its results
+  // are queued to go back. The worker runs the queue in order, the same order on every rank.
+  worker_->reserve(static_cast<std::size_t>(2 * chunks));
+  worker_->take_busy_seconds();
+  tickets_.resize(static_cast<std::size_t>(2 * chunks));
+  for (int c = 0; c < chunks; ++c) {
+    tickets_[static_cast<std::size_t>(c)] =
+        worker_->post({send + send_at(c), out_bytes(c), recv + recv_at(c), in_bytes(c)});
+  }
+  for (int c = 0; c < chunks; ++c) {
+    worker_->wait(tickets_[static_cast<std::size_t>(c)]);
+    timer.lap(Phase::exchange);
+    work(*this, ctx, c);
+    timer.lap(Phase::experts);
+    tickets_[static_cast<std::size_t>(chunks + c)] =
+        worker_->post({recv + recv_at(c), in_bytes(c), returned + send_at(c), out_bytes(c)});
+  }
+  for (int c = 0; c < chunks; ++c) worker_->wait(tickets_[static_cast<std::size_t>(chunks + c)]);
+  timer.lap(Phase::exchange_back);
+  return worker_->take_busy_seconds();
+}
+
+void MoeLayer::plan_dispatch(std::span<const float> x, std::span<const float> y,
+                             ForwardContext& ctx) {
+  const std::int64_t d = config_.d_model;
   const int p_size = ep_size();
   const std::int64_t local = experts_per_rank();
+  const std::string local_error = check_shapes(x, y, d);
+  const std::int64_t num_tokens = local_error.empty() ? static_cast<std::int64_t>(x.size()) / d : 0;
+  route(config_, gate_weight_, x, num_tokens, ctx.router_);
+
+  if (config_.exchange == ExchangeKind::padded) {
+    // No count exchange: every list is padded to the capacity of the largest batch of the group,
+    // learned (with any rank's error) from one two-integer all-reduce.
+    std::int64_t agreed[2] = {local_error.empty() ? 0 : 1, num_tokens};
+    comm_.allreduce(std::span<std::int64_t>(agreed), comm::ReduceOp::max);
+    if (agreed[0] != 0) raise_agreed_error(comm_, local_error);
+    const std::int64_t slots = expert_capacity(config_, agreed[1]);
+    build_plan(config_, p_size, ctx.router_.expert, ctx.router_.weight, num_tokens, chunks_, slots,
+               ctx.plan_);
+    recv_counts_.assign(static_cast<std::size_t>(p_size * local), slots);
+    set_receive_counts(ctx.plan_, recv_counts_);
+    return;
+  }
+
+  build_plan(config_, p_size, ctx.router_.expert, ctx.router_.weight, num_tokens, chunks_, -1,
+             ctx.plan_);
+  // Each rank tells each destination how many rows it sends to every one of its local experts,
+  // plus a status word: a rank with a local error sends 1 there, so every rank learns of it from
+  // this exchange and all raise the same error instead of some entering the payload exchange.
   const std::int64_t block = local + 1;
   count_send_.resize(static_cast<std::size_t>(p_size * block));
   count_recv_.resize(count_send_.size());
@@ -182,27 +279,9 @@ void MoeLayer::exchange_counts(ForwardContext& ctx, const std::string& local_err
   set_receive_counts(ctx.plan_, recv_counts_);
 }
 
-// Dispatch (forward_direction) sends the plan's send rows and receives rows for local experts;
-// the way back swaps the two.
-void MoeLayer::exchange_rows(const DispatchPlan& plan, std::span<const float> send,
-                             std::span<float> recv, bool forward_direction) {
-  const int p_size = ep_size();
-  const std::size_t row_bytes = static_cast<std::size_t>(config_.d_model) * sizeof(float);
-  send_bytes_.resize(static_cast<std::size_t>(p_size));
-  recv_bytes_.resize(static_cast<std::size_t>(p_size));
-  for (int p = 0; p < p_size; ++p) {
-    const std::int64_t out_rows = forward_direction ? plan.send_rows_to(p) : plan.recv_rows_from(p);
-    const std::int64_t in_rows = forward_direction ? plan.recv_rows_from(p) : plan.send_rows_to(p);
-    send_bytes_[p] = static_cast<std::size_t>(out_rows) * row_bytes;
-    recv_bytes_[p] = static_cast<std::size_t>(in_rows) * row_bytes;
-  }
-  comm_.alltoallv(reinterpret_cast<const std::byte*>(send.data()), send_bytes_,
-                  reinterpret_cast<std::byte*>(recv.data()), recv_bytes_);
-}
-
-// One allgather of every rank's partial sums; each rank then adds them in rank order, so the losses
+// Each rank adds the gathered partial sums in rank order, so the losses
 // and counts are bitwise identical on every rank and on every run.
-void MoeLayer::reduce_statistics(ForwardContext& ctx) {
+void MoeLayer::reduce_statistics(ForwardContext& ctx, double exchange_seconds) {
   const RouterOutput& router = ctx.router_;
   const DispatchPlan& plan = ctx.plan_;
   const std::int64_t num_experts = config_.num_experts;
@@ -210,7 +289,7 @@ void MoeLayer::reduce_statistics(ForwardContext& ctx) {
   const std::int64_t row_bytes = config_.d_model * static_cast<std::int64_t>(sizeof(float));
   // Layout per rank: counts[E], kept[E], prob_sum[E], then the scalars below.
   enum Scalar { lse_sq, tokens, dropped_assignments, dropped_tokens, bytes_sent, bytes_received,
-                num_scalars };
+                exchange_s, experts_s, num_scalars };
   const std::int64_t width = 3 * num_experts + num_scalars;
   stat_local_.resize(static_cast<std::size_t>(width));
   stat_all_.resize(static_cast<std::size_t>(width * p_size));
@@ -231,6 +310,8 @@ void MoeLayer::reduce_statistics(ForwardContext& ctx) {
                                    plan.num_recv_rows() - plan.recv_rows_from(me);
   scalars[bytes_sent] = static_cast<double>(remote_rows * row_bytes);
   scalars[bytes_received] = scalars[bytes_sent];
+  scalars[exchange_s] = exchange_seconds;
+  scalars[experts_s] = ctx.result_.stats.seconds(Phase::experts);
   comm_.allgather(reinterpret_cast<const std::byte*>(stat_local_.data()),
                   reinterpret_cast<std::byte*>(stat_all_.data()),
                   static_cast<std::size_t>(width) * sizeof(double));
@@ -241,8 +322,8 @@ void MoeLayer::reduce_statistics(ForwardContext& ctx) {
   stats.rows_to_peer.resize(static_cast<std::size_t>(p_size));
   stats.rows_from_peer.resize(static_cast<std::size_t>(p_size));
   for (int p = 0; p < p_size; ++p) {
-    stats.rows_to_peer[p] = plan.send_rows_to(p);
-    stats.rows_from_peer[p] = plan.recv_rows_from(p);
+    stats.rows_to_peer[static_cast<std::size_t>(p)] = plan.send_rows_to(p);
+    stats.rows_from_peer[static_cast<std::size_t>(p)] = plan.recv_rows_from(p);
   }
   stats.bytes_sent.resize(static_cast<std::size_t>(p_size));
   stats.bytes_received.resize(static_cast<std::size_t>(p_size));
@@ -280,6 +361,39 @@ void MoeLayer::reduce_statistics(ForwardContext& ctx) {
     result.aux_loss = config_.aux_loss_coef * static_cast<double>(num_experts) * balance;
     result.z_loss = config_.z_loss_coef * lse_sq_total / total;
   }
+  stats.exchange_seconds = exchange_seconds;
+
+  if (auto_pending_) {
+    // Every rank decides from the same gathered numbers, so all choose the same chunk count.
+    double exchange = 1e30, compute = 0;
+    for (int r = 0; r < p_size; ++r) {
+      const double* s = stat_all_.data() + r * width + 3 * num_experts;
+      exchange = std::min(exchange, s[exchange_s]);  // the rank that waited least: pure transfer
+      compute = std::max(compute, s[experts_s]);
+    }
+    choose_auto_chunks(exchange, compute, stats);
+  }
+}
+
+// Pipelining C chunks costs about max(X, K) + min(X, K)/C + 2·C·λ for exchange time X, compute
+// time K and fixed cost λ of one exchange; the best C is near sqrt(min(X, K) / (2λ)). Chunks are
+// kept at 32 rows per expert or more, where the GEMMs still run near their peak. Chosen once, from
+// the first call; a later run may choose differently when its timings differ, so a run that must be
+// bitwise reproducible across runs sets a number.
+void MoeLayer::choose_auto_chunks(double exchange, double compute, const ForwardStats& stats) {
+  auto_pending_ = false;
+  const double hidden = std::min(exchange, compute), longest = std::max(exchange, compute);
+  int chunks = 1;
+  if (hidden > 0.05 * longest) {
+    const double best = std::sqrt(hidden / (2.0 * std::max(empty_exchange_seconds_, 1e-6)));
+    std::int64_t kept = 0;
+    for (auto n : stats.expert_kept) kept += n;
+    const std::int64_t rows_per_expert = kept / config_.num_experts;
+    const double most = std::max<double>(1.0, std::min<double>(16.0, static_cast<double>(rows_per_expert) / 32.0));
+    chunks = static_cast<int>(std::clamp(std::round(best), 1.0, most));
+  }
+  chunks_ = chunks;
+  if (chunks_ > 1 && !worker_) worker_ = std::make_unique<ExchangeWorker>(comm_);
 }
 
 }  // namespace moe

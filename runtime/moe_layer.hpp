@@ -1,10 +1,16 @@
 // The expert-parallel MoE layer: router, dispatch plan, exchange, the local experts, exchange back
-// and combine (SPEC.md sections 3-7). Every rank of the expert-parallel communicator constructs one
-// and calls forward together; each rank passes only its own tokens and hosts only its own experts.
+// and combine (SPEC.md sections 3-8). Every rank of the expert-parallel communicator constructs one
+// and calls forward and backward together; each rank passes only its own tokens and hosts only its
+// own experts.
+//
+// With overlap_chunks > 1 the exchanges run on a communication thread (ExchangeWorker), chunk by
+// chunk, while the calling thread computes the chunk that already arrived. Drops are decided on
+// the whole batch first, so chunking never changes which assignments are kept.
 #pragma once
 
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -13,6 +19,8 @@
 #include "experts/grouped_ffn.hpp"
 #include "runtime/config.hpp"
 #include "runtime/dispatch_plan.hpp"
+#include "runtime/exchange_worker.hpp"
+#include "runtime/permute.hpp"
 #include "runtime/router.hpp"
 #include "runtime/stats.hpp"
 
@@ -31,26 +39,30 @@ class ForwardContext {
  public:
   const ForwardResult& result() const { return result_; }
   // Wall time of each phase of the last backward on this context (the same phases walked in
-  // reverse: combine, exchange back, experts, exchange, permute, route).
+  // reverse), and the time its exchanges took (overlapped with compute or not).
   const std::array<double, kNumPhases>& backward_phase_seconds() const { return backward_seconds_; }
+  double backward_exchange_seconds() const { return backward_exchange_seconds_; }
 
  private:
   friend class MoeLayer;
   RouterOutput router_;
   DispatchPlan plan_;
-  std::vector<float> expert_input_;   // received rows, grouped by local expert
-  experts::FfnActivations ffn_;
-  std::vector<float> returned_;       // expert outputs back home, in send order
+  std::vector<float> expert_input_;            // received rows in expert order, every chunk
+  std::vector<experts::FfnActivations> ffn_;   // one per chunk
+  std::vector<std::byte> returned_;            // expert outputs back home, send order, wire format
   ForwardResult result_;
   std::array<double, kNumPhases> backward_seconds_{};
+  double backward_exchange_seconds_ = 0;
 };
 
 class MoeLayer {
  public:
   // Collective over `ep_comm`: every rank validates `config`; an error on any rank becomes the
   // same moe::Error on every rank. Parameters start at zero; set them through gate_weight() and
-  // experts(). The communicator must outlive the layer.
+  // experts(). The communicator must outlive the layer. With overlap_chunks != 1 the layer starts
+  // a communication thread, which needs MPI_THREAD_SERIALIZED or better from MPI.
   MoeLayer(const MoeConfig& config, comm::Communicator& ep_comm);
+  ~MoeLayer();
 
   const MoeConfig& config() const { return config_; }
   int ep_rank() const { return comm_.rank(); }
@@ -58,6 +70,8 @@ class MoeLayer {
   std::int64_t experts_per_rank() const { return config_.num_experts / ep_size(); }
   // Global index of this rank's first expert; it owns experts_per_rank() consecutive ones.
   std::int64_t first_expert() const { return ep_rank() * experts_per_rank(); }
+  // Chunks the next call will use: overlap_chunks, or what `auto` chose after the first call.
+  int chunks() const { return chunks_; }
 
   // The router's weight [E, d], replicated on every rank.
   std::span<float> gate_weight() { return gate_weight_; }
@@ -88,10 +102,25 @@ class MoeLayer {
   void zero_grad();
 
  private:
-  void exchange_counts(ForwardContext& ctx, const std::string& local_error);
-  void exchange_rows(const DispatchPlan& plan, std::span<const float> send, std::span<float> recv,
-                     bool forward_direction);
-  void reduce_statistics(ForwardContext& ctx);
+  // Work done on chunk c once its rows arrived (receive order) and before they go back.
+  using ChunkWork = void (*)(MoeLayer& layer, ForwardContext& ctx, int c);
+
+  // Route, capacity and drops, and the exchange of counts (or of the padded slot count). A local
+  // error travels with the counts, so every rank raises it together.
+  void plan_dispatch(std::span<const float> x, std::span<const float> y, ForwardContext& ctx);
+  // Sends chunk after chunk of `send` (send order) to the experts' ranks, runs `work` on each
+  // chunk as it arrives, and brings the results back into `returned` (send order). Returns the
+  // time spent in exchanges.
+  double run_pipeline(ForwardContext& ctx, const std::byte* send, std::byte* returned,
+                      ChunkWork work, PhaseTimer& timer);
+  // One allgather of every rank's partial sums: losses, counts, bytes, and (for auto chunks) the
+  // timings every rank decides from.
+  void reduce_statistics(ForwardContext& ctx, double exchange_seconds);
+  void choose_auto_chunks(double exchange_seconds, double compute_seconds, const ForwardStats& stats);
+  static void forward_chunk(MoeLayer& layer, ForwardContext& ctx, int c);
+  static void backward_chunk(MoeLayer& layer, ForwardContext& ctx, int c);
+  WireRows wire(std::byte* data) const { return {data, config_.d_model, config_.wire}; }
+  std::size_t wire_row_bytes() const;
 
   MoeConfig config_;
   comm::Communicator& comm_;
@@ -99,12 +128,18 @@ class MoeLayer {
   experts::ExpertShard experts_;
   std::vector<float> gate_weight_grad_;
   experts::ExpertShard expert_grads_;
+  int chunks_ = 1;
+  bool auto_pending_ = false;     // overlap_chunks is auto and not yet chosen
+  double empty_exchange_seconds_ = 0;
+  std::unique_ptr<ExchangeWorker> worker_;  // only when chunks_ > 1
 
   // Workspace reused by every call: it grows to the largest batch and then stays.
-  std::vector<float> send_rows_, recv_rows_, expert_output_;
-  std::vector<float> grad_expert_, d_weight_, d_logits_;
+  std::vector<std::byte> send_wire_, recv_wire_;
+  std::vector<float> expert_rows_, expert_grad_rows_;
+  std::vector<float> d_weight_, d_logits_;
   std::vector<std::int64_t> count_send_, count_recv_, recv_counts_;
-  std::vector<std::size_t> send_bytes_, recv_bytes_;
+  std::vector<std::size_t> chunk_bytes_;  // per chunk: send[P], recv[P] of dispatch; same reversed back
+  std::vector<std::uint64_t> tickets_;
   std::vector<double> stat_local_, stat_all_, prob_sum_;
 };
 

@@ -1,40 +1,51 @@
 #include "runtime/permute.hpp"
 
 #include <algorithm>
+#include <cstring>
 
 namespace moe {
+namespace {
 
-void gather_rows(const DispatchPlan& plan, std::span<const float> x, std::int64_t width,
-                 std::span<float> send) {
-  const std::int64_t rows = plan.num_send_rows();
-  for (std::int64_t i = 0; i < rows; ++i) {
-    const float* src = x.data() + plan.send_token[i] * width;
-    std::copy_n(src, width, send.data() + i * width);
+// Value c of a wire row.
+template <WireFormat F>
+float load(const std::byte* row, std::int64_t c) {
+  if constexpr (F == WireFormat::fp32) {
+    float v;
+    std::memcpy(&v, row + 4 * c, 4);
+    return v;
+  } else {
+    std::uint16_t v;
+    std::memcpy(&v, row + 2 * c, 2);
+    return from_bf16(v);
   }
 }
 
-void regroup_rows(const DispatchPlan& plan, std::span<const float> from, std::int64_t width,
-                  std::span<float> to, bool to_expert) {
+// Calls fn(received_row, expert_row, rows) for every (source, local expert) block of chunk c. Each
+// block is contiguous in both orders; in expert order, expert e's rows from source s follow those
+// from sources 0..s-1.
+template <class Fn>
+void for_each_block(const DispatchPlan& plan, int c, Fn&& fn) {
   const std::int64_t local = plan.experts_per_rank;
-  // Per local expert, the next expert-major row to fill: rows from source 0 first, then 1, ...
-  // Each (source, expert) block is contiguous on both sides, so this is one copy per block.
-  std::int64_t received = 0;
+  const std::int64_t chunk_begin = plan.chunk_recv_begin(c);
+  const auto expert_offsets = plan.chunk_expert_offsets(c);
+  std::int64_t received = chunk_begin;
   for (int s = 0; s < plan.ep_size; ++s) {
     for (std::int64_t e = 0; e < local; ++e) {
-      const std::int64_t rows = plan.recv_counts[s * local + e];
-      std::int64_t expert_row = plan.expert_offsets[e];
-      for (int earlier = 0; earlier < s; ++earlier) expert_row += plan.recv_counts[earlier * local + e];
-      const std::int64_t src_row = to_expert ? received : expert_row;
-      const std::int64_t dst_row = to_expert ? expert_row : received;
-      std::copy_n(from.data() + src_row * width, rows * width, to.data() + dst_row * width);
+      const std::int64_t rows = chunk_part_rows(plan.recv_counts[s * local + e], c, plan.num_chunks);
+      std::int64_t expert_row = chunk_begin + expert_offsets[e];
+      for (int earlier = 0; earlier < s; ++earlier) {
+        expert_row += chunk_part_rows(plan.recv_counts[earlier * local + e], c, plan.num_chunks);
+      }
+      fn(received, expert_row, rows);
       received += rows;
     }
   }
 }
 
-void combine_rows(const DispatchPlan& plan, std::span<const float> weight,
-                  std::span<const float> back, std::int64_t width, std::span<float> y) {
-  const std::int64_t k = plan.top_k;
+template <WireFormat F>
+void combine_impl(const DispatchPlan& plan, std::span<const float> weight, WireRows back,
+                  std::span<float> y) {
+  const std::int64_t k = plan.top_k, width = back.width;
   for (std::int64_t t = 0; t < plan.num_tokens; ++t) {
     float* out = y.data() + t * width;
     std::fill_n(out, width, 0.0f);
@@ -42,16 +53,16 @@ void combine_rows(const DispatchPlan& plan, std::span<const float> weight,
       const std::int64_t row = plan.send_row[t * k + j];
       if (row < 0) continue;
       const float w = weight[t * k + j];
-      const float* in = back.data() + row * width;
-      for (std::int64_t c = 0; c < width; ++c) out[c] += w * in[c];
+      const std::byte* in = back.row(row);
+      for (std::int64_t c = 0; c < width; ++c) out[c] += w * load<F>(in, c);
     }
   }
 }
 
-void combine_rows_backward(const DispatchPlan& plan, std::span<const float> weight,
-                           std::span<const float> back, std::span<const float> dy,
-                           std::int64_t width, std::span<float> d_out, std::span<float> d_weight) {
-  const std::int64_t k = plan.top_k;
+template <WireFormat F>
+void combine_backward_impl(const DispatchPlan& plan, std::span<const float> weight, WireRows back,
+                           std::span<const float> dy, WireRows d_out, std::span<float> d_weight) {
+  const std::int64_t k = plan.top_k, width = back.width;
   for (std::int64_t t = 0; t < plan.num_tokens; ++t) {
     const float* g = dy.data() + t * width;
     for (std::int64_t j = 0; j < k; ++j) {
@@ -61,31 +72,96 @@ void combine_rows_backward(const DispatchPlan& plan, std::span<const float> weig
         d_weight[a] = 0.0f;
         continue;
       }
-      const float w = weight[a];
-      const float* out = back.data() + row * width;
-      float* d = d_out.data() + row * width;
+      const std::byte* out = back.row(row);
       double dot = 0;
-      for (std::int64_t c = 0; c < width; ++c) {
-        d[c] = w * g[c];
-        dot += static_cast<double>(g[c]) * out[c];
-      }
+      for (std::int64_t c = 0; c < width; ++c) dot += static_cast<double>(g[c]) * load<F>(out, c);
       d_weight[a] = static_cast<float>(dot);
+      // d_out = w · dy, written in the wire format through a small stack buffer.
+      const float w = weight[a];
+      float scaled[256];
+      for (std::int64_t c0 = 0; c0 < width; c0 += 256) {
+        const std::int64_t n = std::min<std::int64_t>(256, width - c0);
+        for (std::int64_t c = 0; c < n; ++c) scaled[c] = w * g[c0 + c];
+        encode_values(scaled, d_out.row(row) + static_cast<std::size_t>(c0) * wire_value_bytes(F), n, F);
+      }
     }
   }
 }
 
-void gather_rows_backward(const DispatchPlan& plan, std::span<const float> d_send,
-                          std::int64_t width, std::span<float> dx) {
-  const std::int64_t k = plan.top_k;
+template <WireFormat F>
+void gather_backward_impl(const DispatchPlan& plan, WireRows d_send, std::span<float> dx) {
+  const std::int64_t k = plan.top_k, width = d_send.width;
   for (std::int64_t t = 0; t < plan.num_tokens; ++t) {
     float* out = dx.data() + t * width;
     std::fill_n(out, width, 0.0f);
     for (std::int64_t j = 0; j < k; ++j) {
       const std::int64_t row = plan.send_row[t * k + j];
       if (row < 0) continue;
-      const float* in = d_send.data() + row * width;
-      for (std::int64_t c = 0; c < width; ++c) out[c] += in[c];
+      const std::byte* in = d_send.row(row);
+      for (std::int64_t c = 0; c < width; ++c) out[c] += load<F>(in, c);
     }
+  }
+}
+
+}  // namespace
+
+void gather_rows(const DispatchPlan& plan, std::span<const float> x, WireRows send) {
+  const std::int64_t rows = plan.num_send_rows();
+  for (std::int64_t i = 0; i < rows; ++i) {
+    const std::int64_t t = plan.send_token[i];
+    if (t < 0) {
+      std::memset(send.row(i), 0, send.row_bytes());
+    } else {
+      encode_values(x.data() + t * send.width, send.row(i), send.width, send.format);
+    }
+  }
+}
+
+void zero_padding_rows(const DispatchPlan& plan, WireRows send) {
+  if (plan.padded_slots < 0) return;
+  const std::int64_t rows = plan.num_send_rows();
+  for (std::int64_t i = 0; i < rows; ++i) {
+    if (plan.send_token[i] < 0) std::memset(send.row(i), 0, send.row_bytes());
+  }
+}
+
+void to_expert_order(const DispatchPlan& plan, int c, WireRows received, std::span<float> expert) {
+  for_each_block(plan, c, [&](std::int64_t recv_row, std::int64_t expert_row, std::int64_t rows) {
+    decode_values(received.row(recv_row), expert.data() + expert_row * received.width,
+                  rows * received.width, received.format);
+  });
+}
+
+void from_expert_order(const DispatchPlan& plan, int c, std::span<const float> expert, WireRows received) {
+  for_each_block(plan, c, [&](std::int64_t recv_row, std::int64_t expert_row, std::int64_t rows) {
+    encode_values(expert.data() + expert_row * received.width, received.row(recv_row),
+                  rows * received.width, received.format);
+  });
+}
+
+void combine_rows(const DispatchPlan& plan, std::span<const float> weight, WireRows back,
+                  std::span<float> y) {
+  if (back.format == WireFormat::fp32) {
+    combine_impl<WireFormat::fp32>(plan, weight, back, y);
+  } else {
+    combine_impl<WireFormat::bf16>(plan, weight, back, y);
+  }
+}
+
+void combine_rows_backward(const DispatchPlan& plan, std::span<const float> weight, WireRows back,
+                           std::span<const float> dy, WireRows d_out, std::span<float> d_weight) {
+  if (back.format == WireFormat::fp32) {
+    combine_backward_impl<WireFormat::fp32>(plan, weight, back, dy, d_out, d_weight);
+  } else {
+    combine_backward_impl<WireFormat::bf16>(plan, weight, back, dy, d_out, d_weight);
+  }
+}
+
+void gather_rows_backward(const DispatchPlan& plan, WireRows d_send, std::span<float> dx) {
+  if (d_send.format == WireFormat::fp32) {
+    gather_backward_impl<WireFormat::fp32>(plan, d_send, dx);
+  } else {
+    gather_backward_impl<WireFormat::bf16>(plan, d_send, dx);
   }
 }
 

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <array>
+#include <chrono>
 #include <cstdint>
 #include <string_view>
 #include <vector>
@@ -25,9 +26,30 @@ struct ForwardStats {
   std::vector<std::int64_t> rows_to_peer;      // [P] rows this rank dispatched to each rank
   std::vector<std::int64_t> rows_from_peer;    // [P] rows this rank received from each rank
   std::array<double, kNumPhases> phase_seconds{};  // this rank's wall time per phase
+  // This rank's time inside the two exchanges. With overlap_chunks > 1 they run beside the
+  // expert compute, so this is more than the exchange phases above, which count only waiting.
+  double exchange_seconds = 0;
 
   double& seconds(Phase phase) { return phase_seconds[static_cast<std::size_t>(phase)]; }
   double seconds(Phase phase) const { return phase_seconds[static_cast<std::size_t>(phase)]; }
+};
+
+// Zeroes a set of phase times, then adds the wall time up to each lap() to that lap's phase.
+class PhaseTimer {
+ public:
+  explicit PhaseTimer(std::array<double, kNumPhases>& seconds) : seconds_(seconds), last_(Clock::now()) {
+    seconds_ = {};
+  }
+  void lap(Phase phase) {
+    const auto now = Clock::now();
+    seconds_[static_cast<std::size_t>(phase)] += std::chrono::duration<double>(now - last_).count();
+    last_ = now;
+  }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  std::array<double, kNumPhases>& seconds_;
+  Clock::time_point last_;
 };
 
 }  // namespace moe
