@@ -9,6 +9,7 @@ packages=(
   libdnnl-dev                         # oneDNN: host GEMMs
   libboost-program-options-dev        # command lines of the programs
   nlohmann-json3-dev                  # safetensors headers, JSON output
+  zlib1g-dev                          # CRC-32 of checkpoint files
   catch2                              # tests
 )
 

@@ -8,10 +8,14 @@ namespace po = boost::program_options;
 
 void add_layer_options(po::options_description& options, LayerOptions& out) {
   MoeConfig& c = out.config;
+  // Sizes a program has already set in `out` are its defaults; the others get moe-bench's.
+  const auto or_default = [](std::int64_t set, std::int64_t fallback) { return set > 0 ? set : fallback; };
   options.add_options()
-      ("experts", po::value(&c.num_experts)->default_value(8), "number of experts E (a multiple of the rank count)")
-      ("d-model", po::value(&c.d_model)->default_value(512), "model dimension d")
-      ("d-hidden", po::value(&c.d_hidden)->default_value(1024), "expert hidden dimension h")
+      ("experts", po::value(&c.num_experts)->default_value(or_default(c.num_experts, 8)),
+       "number of experts E (a multiple of the rank count)")
+      ("d-model", po::value(&c.d_model)->default_value(or_default(c.d_model, 512)), "model dimension d")
+      ("d-hidden", po::value(&c.d_hidden)->default_value(or_default(c.d_hidden, 1024)),
+       "expert hidden dimension h")
       ("top-k", po::value(&c.top_k)->default_value(c.top_k), "experts per token k (1..E)")
       ("capacity-factor", po::value(&c.capacity_factor)->default_value(c.capacity_factor, "1.25"),
        "per-expert capacity factor; <= 0 is dropless")

@@ -17,7 +17,8 @@ struct LayerOptions {
 };
 
 // Adds --experts, --d-model, --d-hidden, --top-k, --capacity-factor, --min-capacity,
-// --drop-policy, --activation, --normalize-topk, --aux-loss-coef, --z-loss-coef.
+// --drop-policy, --activation, --normalize-topk, --aux-loss-coef, --z-loss-coef. Their defaults are
+// the values already in `out` (E, d and h default to 8, 512 and 1024 when `out` leaves them 0).
 void add_layer_options(boost::program_options::options_description& options, LayerOptions& out);
 
 // Parses the text-valued options into out.config; throws UsageError naming a bad value.

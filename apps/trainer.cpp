@@ -1,0 +1,333 @@
+#include "apps/trainer.hpp"
+
+#include <algorithm>
+#include <chrono>
+
+#include "experts/gemm.hpp"
+#include "runtime/checkpoint.hpp"
+#include "runtime/error.hpp"
+
+namespace moe::apps {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using nlohmann::json;
+
+double since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+std::size_t sz(std::int64_t n) { return static_cast<std::size_t>(n); }
+
+// Wall time of each phase of the loop on this rank.
+struct PhaseTimes {
+  double data = 0, forward = 0, backward = 0, reduce = 0, optimizer = 0, checkpoint = 0, eval = 0;
+  std::vector<std::pair<std::string, double>> list() const {
+    return {{"data", data},           {"forward", forward},       {"backward", backward},
+            {"grad_allreduce", reduce}, {"optimizer", optimizer}, {"checkpoint", checkpoint},
+            {"eval", eval}};
+  }
+};
+
+// The whole job's view of a stretch of training steps (a progress line).
+struct Window {
+  double values[6] = {};  // sse, target values, aux, z, dropped, assignments (see add)
+  std::int64_t steps = 0;
+  Clock::time_point start = Clock::now();
+
+  // Group-level figures are counted once per expert-parallel group: by its rank 0.
+  void add(const ForwardSummary& s, std::int64_t target_values, bool group_leader) {
+    values[0] += s.sum_squared_error;
+    values[1] += static_cast<double>(target_values);
+    if (group_leader) {
+      values[2] += s.aux_loss;
+      values[3] += s.z_loss;
+      values[4] += static_cast<double>(s.dropped);
+      values[5] += static_cast<double>(s.assignments);
+    }
+    ++steps;
+  }
+
+  // Collective over the world; resets the window.
+  Progress finish(comm::Communicator& world, int dp_size, std::int64_t batch, std::int64_t step,
+                  const char* model) {
+    world.allreduce(std::span<double>(values), comm::ReduceOp::sum);
+    Progress p;
+    p.model = model;
+    p.step = step;
+    const double group_steps = static_cast<double>(dp_size * steps);
+    p.loss = values[0] / values[1];
+    p.aux = values[2] / group_steps;
+    p.z = values[3] / group_steps;
+    p.drop_rate = values[5] > 0 ? values[4] / values[5] : 0.0;
+    p.tokens_per_s = static_cast<double>(batch * steps) / since(start);
+    *this = Window{};
+    return p;
+  }
+};
+
+// Rows [first, first + count) of `total` split over `parts` as evenly as possible.
+std::pair<std::int64_t, std::int64_t> share(std::int64_t total, int parts, int index) {
+  const std::int64_t first = total * index / parts;
+  return {first, total * (index + 1) / parts - first};
+}
+
+Evaluation evaluate(comm::Communicator& world, TrainModel& model, const SyntheticTask& task,
+                    const TrainOptions& o, Batch& batch) {
+  const int world_size = world.size(), rank = world.rank();
+  const int ep = o.ep_size, group = rank / ep;
+  const auto [first, count] = share(o.eval_tokens, world_size, rank);
+  task.make_batch("eval", first, count, batch);
+  const std::int64_t group_tokens =
+      share(o.eval_tokens, world_size / ep, group).second;  // same split as ranks, by whole groups
+  const ForwardSummary s = model.forward(batch.x, batch.target, group_tokens);
+  const bool leader = rank % ep == 0;
+  double sums[3] = {s.sum_squared_error, leader ? static_cast<double>(s.dropped) : 0.0,
+                    leader ? static_cast<double>(s.assignments) : 0.0};
+  world.allreduce(std::span<double>(sums), comm::ReduceOp::sum);
+  Evaluation ev;
+  ev.loss = sums[0] / static_cast<double>(o.eval_tokens * model.config().d_out);
+  ev.drop_rate = sums[2] > 0 ? sums[1] / sums[2] : 0.0;
+
+  const MoeConfig& c = model.config().layer;
+  const std::int64_t K = task.config().clusters, E = c.num_experts, d = c.d_model;
+  std::vector<float> logits(sz(count * E));
+  for (std::int64_t l = 0; l < model.config().num_layers; ++l) {
+    const MoeLayer* layer = model.moe_layer(l);
+    if (!layer) continue;
+    // First choices, recomputed from the router's input: argmax of the logits (softmax keeps the
+    // order), ties to the smaller expert as SPEC.md section 3 says.
+    experts::gemm(experts::Op::none, experts::Op::transpose, count, E, d, 1.0f,
+                  model.block_input(l), d, layer->gate_weight(), d, 0.0f, logits, E);
+    std::vector<std::int64_t> counts(sz(K * E + E), 0);  // [cluster, first choice], then load
+    for (std::int64_t t = 0; t < count; ++t) {
+      const float* row = logits.data() + t * E;
+      const auto best = std::max_element(row, row + E) - row;
+      ++counts[sz(batch.cluster[sz(t)] * E + best)];
+    }
+    if (leader) {
+      const auto& assigned = model.moe_context(l).result().stats.expert_counts;
+      std::copy(assigned.begin(), assigned.end(), counts.begin() + K * E);
+    }
+    world.allreduce(std::span<std::int64_t>(counts), comm::ReduceOp::sum);
+    std::vector<double> purity(sz(K));
+    std::vector<std::int64_t> top(sz(K));
+    for (std::int64_t k = 0; k < K; ++k) {
+      const auto row = counts.begin() + k * E;
+      const auto best = std::max_element(row, row + E);
+      std::int64_t total = 0;
+      for (std::int64_t e = 0; e < E; ++e) total += row[e];
+      purity[sz(k)] = total > 0 ? static_cast<double>(*best) / static_cast<double>(total) : 0.0;
+      top[sz(k)] = best - row;
+    }
+    std::vector<double> load(sz(E));
+    std::int64_t assignments = 0;
+    for (std::int64_t e = 0; e < E; ++e) assignments += counts[sz(K * E + e)];
+    for (std::int64_t e = 0; e < E; ++e) {
+      load[sz(e)] = assignments > 0 ? static_cast<double>(counts[sz(K * E + e)]) /
+                                          static_cast<double>(assignments)
+                                    : 0.0;
+    }
+    ev.purity.push_back(std::move(purity));
+    ev.top_expert.push_back(std::move(top));
+    ev.load.push_back(std::move(load));
+  }
+  return ev;
+}
+
+json checkpoint_metadata(const TrainOptions& o, std::int64_t step, const Adam& adam) {
+  // The data stream is counter-based: its whole state is (seed, next token), both saved here.
+  return {{"step", step},
+          {"adam_steps", adam.step_count()},
+          {"config", run_config(o)},
+          {"rng", {{"generator", "splitmix64, counter-based"},
+                   {"seed", o.task.seed},
+                   {"next_train_token", step * o.batch}}}};
+}
+
+// Collective. Restores parameters, moments and step; returns the step.
+std::int64_t resume(comm::Communicator& world, const TrainOptions& o, TrainModel& model, Adam& adam,
+                    std::int64_t& adam_steps) {
+  const CheckpointIndex index = open_checkpoint(world, o.resume_dir);
+  std::int64_t step = 0;
+  collectively(world, [&] {
+    const json saved = index.metadata.at("config");
+    const json mine = run_config(o);
+    std::string differences;
+    for (const auto& [key, value] : mine.items()) {
+      const json theirs = saved.contains(key) ? saved[key] : json();
+      if (theirs != value) {
+        differences += (differences.empty() ? "" : ", ") + key + " " + theirs.dump() +
+                       " in the checkpoint, " + value.dump() + " now";
+      }
+    }
+    if (!differences.empty()) {
+      throw Error("--resume " + index.dir.string() + ": the checkpoint was written with other " +
+                  "model, task or optimizer options (" + differences +
+                  "); pass the same ones to continue it");
+    }
+    step = index.metadata.at("step").get<std::int64_t>();
+    adam_steps = index.metadata.at("adam_steps").get<std::int64_t>();
+  });
+  load_checkpoint(world, index, checkpoint_tensors(model, adam, true, true));
+  return step;
+}
+
+}  // namespace
+
+std::vector<CheckpointTensor> checkpoint_tensors(TrainModel& model, Adam& adam, bool experts,
+                                                 bool replicated) {
+  std::vector<CheckpointTensor> out;
+  auto& params = model.parameters();
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    const Parameter& p = params[i];
+    if (p.expert ? !experts : !replicated) continue;
+    out.push_back({p.name, p.shape, p.value});
+    out.push_back({"optimizer.exp_avg." + p.name, p.shape, adam.exp_avg(i)});
+    out.push_back({"optimizer.exp_avg_sq." + p.name, p.shape, adam.exp_avg_sq(i)});
+  }
+  return out;
+}
+
+json run_config(const TrainOptions& o) {
+  // Every setting that changes what is computed; not the exchange or overlap settings, which
+  // only change how fast.
+  const MoeConfig& c = o.model.layer;
+  return {{"model", o.model.kind == BlockKind::moe ? "moe" : "dense"},
+          {"layers", o.model.num_layers},
+          {"d_out", o.model.d_out},
+          {"experts", c.num_experts},
+          {"d_model", c.d_model},
+          {"d_hidden", c.d_hidden},
+          {"top_k", c.top_k},
+          {"capacity_factor", c.capacity_factor},
+          {"min_capacity", c.min_capacity},
+          {"drop_policy", std::string(to_string(c.drop_policy))},
+          {"activation", std::string(experts::to_string(c.activation))},
+          {"normalize_topk", c.normalize_topk},
+          {"aux_loss_coef", c.aux_loss_coef},
+          {"z_loss_coef", c.z_loss_coef},
+          {"clusters", o.task.clusters},
+          {"task_hidden", o.task.target_hidden},
+          {"noise", o.task.noise},
+          {"seed", o.task.seed},
+          {"batch", o.batch},
+          {"lr", o.adam.lr},
+          {"beta1", o.adam.beta1},
+          {"beta2", o.adam.beta2},
+          {"eps", o.adam.eps},
+          {"warmup_steps", o.warmup_steps}};
+}
+
+RunResult train(comm::Communicator& world, const TrainOptions& o,
+                const std::function<void(const Progress&)>& on_progress) {
+  const int world_size = world.size(), rank = world.rank();
+  collectively(world, [&] {
+    if (o.batch % world_size != 0) {
+      throw Error("--batch " + std::to_string(o.batch) + " is not a multiple of the " +
+                  std::to_string(world_size) + " ranks (each rank takes an equal share)");
+    }
+  });
+  ParallelGroups groups = ParallelGroups::create(world, o.ep_size);
+  const bool moe = o.model.kind == BlockKind::moe;
+  const char* model_name = moe ? "moe" : "dense";
+  SyntheticTask task(o.task);
+  TrainModel model(o.model, groups, world);
+  model.init(o.task.seed);
+  Adam adam(o.adam);
+  for (Parameter& p : model.parameters()) adam.add(p.name, p.value, p.grad);
+
+  RunResult result;
+  PhaseTimes times;
+  if (!o.resume_dir.empty()) {
+    const auto start = Clock::now();
+    std::int64_t adam_steps = 0;
+    result.first_step = resume(world, o, model, adam, adam_steps);
+    adam.set_step_count(adam_steps);
+    times.checkpoint += since(start);
+  }
+  if (!o.save_dir.empty()) {
+    // Refuse now rather than after training: a later checkpoint there belongs to another run.
+    collectively(world, [&] {
+      const auto existing = list_checkpoints(o.save_dir);
+      if (!existing.empty() && existing.back().first > result.first_step) {
+        throw Error("--save " + o.save_dir + " already holds a checkpoint at step " +
+                    std::to_string(existing.back().first) + ", after this run's start at step " +
+                    std::to_string(result.first_step) +
+                    ": continue it with --resume, or save elsewhere");
+      }
+    });
+  }
+
+  Batch batch;
+  auto timed_eval = [&] {
+    const auto start = Clock::now();
+    Evaluation ev = evaluate(world, model, task, o, batch);
+    times.eval += since(start);
+    return ev;
+  };
+  result.start = timed_eval();
+
+  const std::int64_t per_rank = o.batch / world_size;
+  const std::int64_t group_tokens = per_rank * o.ep_size;
+  const bool group_leader = rank % o.ep_size == 0;
+  std::int64_t saved_step = result.first_step;
+  auto save = [&](std::int64_t step) {
+    const auto start = Clock::now();
+    const bool writer = rank < o.ep_size;  // data-parallel replica 0 writes
+    CheckpointShard mine;
+    mine.num_shards = o.ep_size;
+    if (writer) {
+      mine.shard = rank;
+      mine.tensors = checkpoint_tensors(model, adam, true, rank == 0);
+    }
+    result.saved.push_back(
+        save_checkpoint(world, o.save_dir, step, mine, checkpoint_metadata(o, step, adam),
+                        SaveOptions{o.keep})
+            .string());
+    saved_step = step;
+    times.checkpoint += since(start);
+  };
+
+  Window window;
+  const auto train_start = Clock::now();
+  std::int64_t step = result.first_step;
+  while (step < o.steps) {
+    auto t0 = Clock::now();
+    task.make_batch("train", step * o.batch + rank * per_rank, per_rank, batch);
+    auto t1 = Clock::now();
+    const ForwardSummary s = model.forward(batch.x, batch.target, group_tokens);
+    auto t2 = Clock::now();
+    model.backward();
+    auto t3 = Clock::now();
+    model.reduce_gradients();
+    auto t4 = Clock::now();
+    ++step;
+    const double warmup = o.warmup_steps > 0
+                              ? std::min(1.0, static_cast<double>(step) / static_cast<double>(o.warmup_steps))
+                              : 1.0;
+    adam.step(o.adam.lr * warmup);
+    auto t5 = Clock::now();
+    times.data += std::chrono::duration<double>(t1 - t0).count();
+    times.forward += std::chrono::duration<double>(t2 - t1).count();
+    times.backward += std::chrono::duration<double>(t3 - t2).count();
+    times.reduce += std::chrono::duration<double>(t4 - t3).count();
+    times.optimizer += std::chrono::duration<double>(t5 - t4).count();
+
+    window.add(s, per_rank * o.model.d_out, group_leader);
+    if (step % o.log_every == 0 || step == o.steps) {
+      on_progress(window.finish(world, groups.dp_size, o.batch, step, model_name));
+    }
+    if (moe && !o.save_dir.empty() && o.save_every > 0 && step % o.save_every == 0) save(step);
+  }
+  const double train_seconds = since(train_start);
+  result.last_step = step;
+  if (moe && !o.save_dir.empty() && saved_step != step) save(step);
+  const std::int64_t trained = step - result.first_step;
+  result.tokens_per_s = trained > 0 ? static_cast<double>(trained * o.batch) / train_seconds : 0.0;
+  result.end = timed_eval();
+  result.phase_seconds = times.list();
+  return result;
+}
+
+}  // namespace moe::apps
