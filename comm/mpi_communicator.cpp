@@ -1,9 +1,11 @@
 #include "comm/mpi_communicator.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <thread>
 
 #include "comm/mpi_check.hpp"
 
@@ -101,8 +103,33 @@ std::unique_ptr<MpiCommunicator> MpiCommunicator::split_mpi(int color, int key) 
 
 bool MpiCommunicator::any_rank(bool local) {
   int flag = local ? 1 : 0;
-  MOE_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &flag, 1, MPI_INT, MPI_MAX, comm_));
+  if (wait_mode_ == WaitMode::spin) {
+    MOE_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &flag, 1, MPI_INT, MPI_MAX, comm_));
+  } else {
+    MPI_Request request = MPI_REQUEST_NULL;
+    MOE_CHECK_MPI(MPI_Iallreduce(MPI_IN_PLACE, &flag, 1, MPI_INT, MPI_MAX, comm_, &request));
+    wait(request);
+  }
   return flag != 0;
+}
+
+void MpiCommunicator::wait(MPI_Request& request) {
+  if (wait_mode_ == WaitMode::spin) {
+    MOE_CHECK_MPI(MPI_Wait(&request, MPI_STATUS_IGNORE));
+    return;
+  }
+  // Yield first (a peer that is nearly there costs no sleep), then sleep: the core belongs to the
+  // computation this exchange is overlapped with. MPI_Test also drives the exchange's progress.
+  for (int polls = 0;; ++polls) {
+    int done = 0;
+    MOE_CHECK_MPI(MPI_Test(&request, &done, MPI_STATUS_IGNORE));
+    if (done != 0) return;
+    if (polls < 32) {
+      std::this_thread::yield();
+    } else {
+      std::this_thread::sleep_for(std::chrono::microseconds(20));
+    }
+  }
 }
 
 void MpiCommunicator::alltoallv(const std::byte* send, std::span<const std::size_t> send_bytes,
@@ -145,9 +172,17 @@ void MpiCommunicator::alltoallv(const std::byte* send, std::span<const std::size
     mpi_recv_counts_[p] = static_cast<int>(recv_bytes[p]);
     mpi_recv_displs_[p] = static_cast<int>(recv_offsets_[p]);
   }
-  MOE_CHECK_MPI(MPI_Alltoallv(send, mpi_send_counts_.data(), mpi_send_displs_.data(), MPI_BYTE,
-                              recv, mpi_recv_counts_.data(), mpi_recv_displs_.data(), MPI_BYTE,
-                              comm_));
+  if (wait_mode_ == WaitMode::spin) {
+    MOE_CHECK_MPI(MPI_Alltoallv(send, mpi_send_counts_.data(), mpi_send_displs_.data(), MPI_BYTE,
+                                recv, mpi_recv_counts_.data(), mpi_recv_displs_.data(), MPI_BYTE,
+                                comm_));
+    return;
+  }
+  MPI_Request request = MPI_REQUEST_NULL;
+  MOE_CHECK_MPI(MPI_Ialltoallv(send, mpi_send_counts_.data(), mpi_send_displs_.data(), MPI_BYTE,
+                               recv, mpi_recv_counts_.data(), mpi_recv_displs_.data(), MPI_BYTE,
+                               comm_, &request));
+  wait(request);
 }
 
 void MpiCommunicator::alltoall(const std::byte* send, std::byte* recv, std::size_t block_bytes) {

@@ -88,6 +88,9 @@ class MpiCommunicator final : public Communicator {
 
   // Collective (MPI_Barrier).
   void barrier() override;
+  // In `sleep` mode alltoallv uses MPI_Ialltoallv (and MPI_Iallreduce for its path agreement) and
+  // waits by testing with yields, then sleeps of 20 µs.
+  void set_wait_mode(WaitMode mode) override { wait_mode_ = mode; }
 
  private:
   struct Adopt {};
@@ -97,6 +100,9 @@ class MpiCommunicator final : public Communicator {
 
   // True on every rank when any rank passes true.
   bool any_rank(bool local);
+  // Completes `request` as the wait mode says.
+  void wait(MPI_Request& request);
+  WaitMode wait_mode_ = WaitMode::spin;
 
   // Pairwise point-to-point exchange: block p of `send` (send_bytes[p] bytes at send_offsets[p])
   // goes to rank p, block q of `recv` (at recv_offsets[q]) comes from rank q, in messages of at

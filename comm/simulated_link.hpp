@@ -86,6 +86,7 @@ class SimulatedLinkCommunicator final : public Communicator {
   void allreduce(std::span<double> data, ReduceOp op) override;
   void allreduce(std::span<std::int64_t> data, ReduceOp op) override;
   void barrier() override;
+  void set_wait_mode(WaitMode mode) override { inner_.set_wait_mode(mode); }
 
  private:
   // Sleeps until `start` + the model's time for `bytes`; no delay on a one-rank communicator.

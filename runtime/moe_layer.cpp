@@ -61,10 +61,17 @@ MoeLayer::MoeLayer(const MoeConfig& config, comm::Communicator& ep_comm)
     comm_.allreduce(std::span<double>(&best, 1), comm::ReduceOp::max);
     empty_exchange_seconds_ = best;
   }
-  if (chunks_ > 1) worker_ = std::make_unique<ExchangeWorker>(comm_);
+  if (chunks_ > 1) start_worker();
 }
 
 MoeLayer::~MoeLayer() = default;
+
+// Collective (the split).
+void MoeLayer::start_worker() {
+  worker_comm_ = comm_.split(0, ep_rank());
+  worker_comm_->set_wait_mode(comm::Communicator::WaitMode::sleep);
+  worker_ = std::make_unique<ExchangeWorker>(*worker_comm_);
+}
 
 void MoeLayer::zero_grad() {
   std::fill(gate_weight_grad_.begin(), gate_weight_grad_.end(), 0.0f);
@@ -393,7 +400,7 @@ void MoeLayer::choose_auto_chunks(double exchange, double compute, const Forward
     chunks = static_cast<int>(std::clamp(std::round(best), 1.0, most));
   }
   chunks_ = chunks;
-  if (chunks_ > 1 && !worker_) worker_ = std::make_unique<ExchangeWorker>(comm_);
+  if (chunks_ > 1 && !worker_) start_worker();
 }
 
 }  // namespace moe

@@ -131,7 +131,11 @@ class MoeLayer {
   int chunks_ = 1;
   bool auto_pending_ = false;     // overlap_chunks is auto and not yet chosen
   double empty_exchange_seconds_ = 0;
-  std::unique_ptr<ExchangeWorker> worker_;  // only when chunks_ > 1
+  // Only when chunks_ > 1: the communication thread, on a communicator of its own that waits by
+  // sleeping, so the thread leaves the core to the computation it overlaps.
+  std::unique_ptr<comm::Communicator> worker_comm_;
+  std::unique_ptr<ExchangeWorker> worker_;
+  void start_worker();
 
   // Workspace reused by every call: it grows to the largest batch and then stays.
   std::vector<std::byte> send_wire_, recv_wire_;

@@ -116,6 +116,25 @@ TEST_CASE("alltoallv delivers uneven and empty blocks to the right peers", "[com
   }
 }
 
+TEST_CASE("alltoallv in sleep wait mode delivers the same blocks", "[comm][alltoallv][wait]") {
+  // The mode a communication thread uses (non-blocking exchange, polite polling).
+  auto comm = MpiCommunicator::world();
+  comm->set_wait_mode(Communicator::WaitMode::sleep);
+  for (int salt = 0; salt < 4; ++salt) {
+    check_alltoallv(*comm, [salt](int src, int dst) { return uneven_count(src, dst, salt, 4099); });
+  }
+  SECTION("MB-sized blocks") {
+    check_alltoallv(*comm, [](int src, int dst) {
+      return std::size_t{1} << 20 | static_cast<std::size_t>(src * 977 + dst * 131);
+    });
+  }
+  SECTION("with the point-to-point fallback") {
+    auto small = MpiCommunicator::world(64);
+    small->set_wait_mode(Communicator::WaitMode::sleep);
+    check_alltoallv(*small, [](int src, int dst) { return uneven_count(src, dst, 5, 301); });
+  }
+}
+
 TEST_CASE("alltoallv falls back to chunked point-to-point messages", "[comm][alltoallv]") {
   // 7-byte messages: every block of more than 7 bytes is cut, and blocks over 16 * 7 bytes need
   // more than one window of messages in flight.
