@@ -99,6 +99,9 @@ std::optional<Options> parse_options(int argc, char** argv, const comm::Communic
   if (t.warmup_steps < 0) throw apps::UsageError("--warmup-steps must be >= 0");
   if (t.save_every < 0) throw apps::UsageError("--save-every must be >= 0");
   if (t.keep < 0) throw apps::UsageError("--keep must be >= 0");
+  if (t.save_dir.empty() && (!vm["save-every"].defaulted() || !vm["keep"].defaulted())) {
+    throw apps::UsageError("--save-every and --keep need --save DIR");
+  }
   if (t.model.num_layers < 1) throw apps::UsageError("--layers must be >= 1");
   if (t.model.d_out < 1) throw apps::UsageError("--d-out must be >= 1");
   if (t.task.clusters < 1) throw apps::UsageError("--clusters must be >= 1");

@@ -261,6 +261,10 @@ fs::path save_checkpoint(comm::Communicator& world, const fs::path& root, std::i
   collectively(world, [&] {
     if (options.keep < 0) throw Error("save_checkpoint: keep must be >= 0");
     bytes = serialize_shard(mine, step);
+  });
+  // Only once every rank has its shard ready: creating the temporary directory is the last thing
+  // prepare_root does, so if this fails there is nothing to clean up.
+  collectively(world, [&] {
     if (leader) temp = prepare_root(root, step);
   });
   // From here on a failure must not leave the temporary directory behind.
