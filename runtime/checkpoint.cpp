@@ -50,6 +50,11 @@ std::string step_dir_name(std::int64_t step) {
   return text;
 }
 
+// Where step `step` is written before it is complete: ".tmp-step-00000200".
+std::string temp_dir_name(std::int64_t step) {
+  return kTempPrefix + step_dir_name(step).substr(std::strlen(kStepPrefix));
+}
+
 std::string errno_text() { return std::strerror(errno); }
 
 // open(2) + fsync(2): makes a file's data, or a directory's entries, durable.
@@ -176,7 +181,7 @@ fs::path prepare_root(const fs::path& root, std::int64_t step) {
   for (const auto& entry : fs::directory_iterator(root)) {
     if (entry.path().filename().string().starts_with(kTempPrefix)) fs::remove_all(entry.path());
   }
-  const fs::path temp = root / (kTempPrefix + step_dir_name(step).substr(std::strlen(kStepPrefix)));
+  const fs::path temp = root / temp_dir_name(step);
   fs::create_directory(temp);
   return temp;
 }
@@ -272,7 +277,7 @@ fs::path save_checkpoint(comm::Communicator& world, const fs::path& root, std::i
   try {
     // Rank 0 created the directory; the other ranks see it after this agreement (a collective).
     const std::string file = mine.shard >= 0 ? shard_file_name(mine.shard, mine.num_shards) : "";
-    const fs::path temp_dir = root / (kTempPrefix + step_dir_name(step).substr(std::strlen(kStepPrefix)));
+    const fs::path temp_dir = root / temp_dir_name(step);
     collectively(world, [&] {
       if (!file.empty()) write_durably(temp_dir / file, bytes);
     });
