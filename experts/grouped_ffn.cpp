@@ -17,28 +17,33 @@ void grow(std::vector<float>& v, std::size_t n) {
   if (v.size() < n) v.resize(n);
 }
 
-void require(bool ok, const char* function, const std::string& what) {
-  if (!ok) throw std::invalid_argument(std::string(function) + ": " + what);
+[[noreturn]] void fail(const char* function, const std::string& what) {
+  throw std::invalid_argument(std::string(function) + ": " + what);
 }
 
 // Checks offsets against the shard and returns N, the number of rows.
 std::int64_t checked_rows(const char* function, const ExpertShard& shard,
                           std::span<const std::int64_t> offsets) {
-  require(static_cast<std::int64_t>(offsets.size()) == shard.num_experts() + 1, function,
-          "offsets has " + std::to_string(offsets.size()) + " entries, " +
+  if (!(static_cast<std::int64_t>(offsets.size()) == shard.num_experts() + 1)) {
+    fail(function, "offsets has " + std::to_string(offsets.size()) + " entries, " +
               std::to_string(shard.num_experts() + 1) + " expected (local experts + 1)");
-  require(offsets[0] == 0, function, "offsets[0] is " + std::to_string(offsets[0]) + ", not 0");
+  }
+  if (!(offsets[0] == 0)) {
+    fail(function, "offsets[0] is " + std::to_string(offsets[0]) + ", not 0");
+  }
   for (std::size_t e = 1; e < offsets.size(); ++e) {
-    require(offsets[e] >= offsets[e - 1], function,
-            "offsets decrease at local expert " + std::to_string(e - 1));
+    if (!(offsets[e] >= offsets[e - 1])) {
+    fail(function, "offsets decrease at local expert " + std::to_string(e - 1));
+  }
   }
   return offsets.back();
 }
 
 void require_size(const char* function, const char* name, std::size_t size, std::size_t want) {
-  require(size == want, function,
-          std::string(name) + " has " + std::to_string(size) + " elements, " +
+  if (!(size == want)) {
+    fail(function, std::string(name) + " has " + std::to_string(size) + " elements, " +
               std::to_string(want) + " expected");
+  }
 }
 
 // Row block [first, first + rows) of a row-major matrix with `cols` columns.
@@ -112,13 +117,15 @@ void ffn_backward(const ExpertShard& shard, std::span<const float> x,
   require_size(fn, "x", x.size(), to_size(num_rows * d));
   require_size(fn, "dy", dy.size(), to_size(num_rows * d));
   require_size(fn, "dx", dx.size(), to_size(num_rows * d));
-  require(grads.num_experts() == shard.num_experts() && grads.shape().d_model == d &&
-              grads.shape().d_hidden == h && grads.shape().activation == activation,
-          fn, "grads does not have the shard's shape");
+  if (!(grads.num_experts() == shard.num_experts() && grads.shape().d_model == d &&
+              grads.shape().d_hidden == h && grads.shape().activation == activation)) {
+    fail(fn, "grads does not have the shard's shape");
+  }
   const std::size_t hidden_size = to_size(num_rows * h);
-  require(saved.hidden_pre.size() >= hidden_size && saved.hidden_act.size() >= hidden_size &&
-              (!gated || saved.hidden_gate.size() >= hidden_size),
-          fn, "saved activations are smaller than this batch (not from its forward?)");
+  if (!(saved.hidden_pre.size() >= hidden_size && saved.hidden_act.size() >= hidden_size &&
+              (!gated || saved.hidden_gate.size() >= hidden_size))) {
+    fail(fn, "saved activations are smaller than this batch (not from its forward?)");
+  }
 
   std::int64_t max_rows = 0;
   for (std::size_t e = 0; e + 1 < offsets.size(); ++e) {
