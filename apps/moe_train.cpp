@@ -10,6 +10,7 @@
 #include <boost/program_options.hpp>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -191,20 +192,38 @@ void print_summary(const Options& o, int world_size, const apps::RunResult& moe,
 int run(comm::MpiCommunicator& world, const Options& o) {
   const auto start = std::chrono::steady_clock::now();
   const bool root = world.rank() == 0;
+  // The --json file is opened now, so an unwritable path fails before any work, but emptied only
+  // at its first line: a run refused on the way (a bad --resume, say) leaves an existing file as
+  // it was.
   std::ofstream json_out;
+  bool json_emptied = false;
   collectively(world, [&] {
     if (root && !o.json_path.empty()) {
-      json_out.open(o.json_path, std::ios::trunc);
+      json_out.open(o.json_path, std::ios::in | std::ios::out);  // an existing file, kept as is
+      if (!json_out) json_out.open(o.json_path, std::ios::out);  // or a new one
       if (!json_out) throw Error("--json: cannot write " + o.json_path);
     }
   });
+  auto write_json = [&](const json& line) {
+    if (!json_out.is_open()) return;
+    if (!json_emptied) {
+      std::error_code ec;
+      std::filesystem::resize_file(o.json_path, 0, ec);
+      if (ec) {
+        std::fprintf(stderr, "moe-train: warning: cannot empty --json %s: %s\n",
+                     o.json_path.c_str(), ec.message().c_str());
+      }
+      json_emptied = true;
+    }
+    json_out << line.dump() << "\n" << std::flush;
+  };
   auto report = [&](const apps::Progress& p) {
     if (!root) return;
     std::printf("%sstep %lld  loss %.4f  aux %.4f  drop %.1f%%  %.0f tok/s\n",
                 p.model == "moe" ? "" : "dense ", static_cast<long long>(p.step), p.loss, p.aux,
                 100.0 * p.drop_rate, p.tokens_per_s);
     std::fflush(stdout);
-    if (json_out.is_open()) json_out << progress_json(p).dump() << "\n" << std::flush;
+    write_json(progress_json(p));
   };
   if (root) {
     std::printf("moe-train: %d ranks (ep %d x dp %d), %s, batch %lld, %lld steps\n",
@@ -245,7 +264,7 @@ int run(comm::MpiCommunicator& world, const Options& o) {
       s["dense"] = {{"start", evaluation_json(dense->start)}, {"end", evaluation_json(dense->end)},
                     {"tokens_per_s", dense->tokens_per_s}};
     }
-    json_out << s.dump() << "\n";
+    write_json(s);
   }
   return 0;
 }

@@ -1,6 +1,7 @@
 #include "runtime/layer_case.hpp"
 
 #include <algorithm>
+#include <limits>
 #include <numeric>
 #include <set>
 
@@ -23,12 +24,18 @@ std::string shape_string(const std::vector<std::int64_t>& shape) {
 
 std::vector<std::int64_t> parse_tokens_per_rank(const std::string& text) {
   std::vector<std::int64_t> counts;
+  std::int64_t total = 0;
   std::size_t start = 0;
   while (true) {
     const std::size_t comma = text.find(',', start);
     const std::string item = text.substr(start, comma == std::string::npos ? comma : comma - start);
     const std::int64_t n = parse_int64("tokens_per_rank entry", item);
     if (n < 0) throw Error("tokens_per_rank entry " + std::to_string(n) + " is negative");
+    // The sum sizes the input tensor and the row offsets: it must not overflow.
+    if (n > std::numeric_limits<std::int64_t>::max() - total) {
+      throw Error("tokens_per_rank sums to more than 2^63-1 tokens");
+    }
+    total += n;
     counts.push_back(n);
     if (comma == std::string::npos) break;
     start = comma + 1;

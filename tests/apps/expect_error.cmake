@@ -1,8 +1,31 @@
 # Runs a program that must fail: non-zero exit, within the CTest timeout (no hang), and the
 # expected message printed by every rank (NP times).
-# cmake -DCOMMAND="a;b;c" -DNP=... -DMESSAGE=... -P expect_error.cmake
+# cmake -DCOMMAND="a;b;c" -DNP=... -DMESSAGE=... [-DFILE_UNCHANGED="f1;f2"] [-DMAX_SECONDS=n] -P expect_error.cmake
+# FILE_UNCHANGED: files the refused run must leave as they were (same bytes, same mtime; give them
+# an old mtime first, so a rewrite within the same second still shows).
+set(before "")
+foreach(file IN LISTS FILE_UNCHANGED)
+  if(NOT EXISTS "${file}")
+    message(FATAL_ERROR "FILE_UNCHANGED: ${file} does not exist before the run")
+  endif()
+  file(SHA256 "${file}" hash)
+  file(TIMESTAMP "${file}" mtime "%Y-%m-%dT%H:%M:%S" UTC)
+  list(APPEND before "${hash}@${mtime}")
+endforeach()
+
+string(TIMESTAMP start "%s%f")
 execute_process(COMMAND ${COMMAND} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err
   TIMEOUT 60)
+string(TIMESTAMP end "%s%f")
+math(EXPR elapsed_ms "(${end} - ${start}) / 1000")
+# MAX_SECONDS: the run must end within this bound (for faults the job has to notice by itself).
+if(DEFINED MAX_SECONDS)
+  math(EXPR max_ms "${MAX_SECONDS} * 1000")
+  if(elapsed_ms GREATER max_ms)
+    message(FATAL_ERROR "took ${elapsed_ms} ms, more than MAX_SECONDS=${MAX_SECONDS}:\n${out}\n${err}")
+  endif()
+endif()
+
 if(rc EQUAL 0)
   message(FATAL_ERROR "expected a failure, got exit 0:\n${out}\n${err}")
 endif()
@@ -22,4 +45,20 @@ endwhile()
 if(NOT found EQUAL NP)
   message(FATAL_ERROR "expected '${MESSAGE}' from each of ${NP} ranks, found it ${found} times:\n${out}\n${err}")
 endif()
-message(STATUS "exit ${rc}, message from all ${NP} ranks: ${MESSAGE}")
+
+set(index 0)
+foreach(file IN LISTS FILE_UNCHANGED)
+  list(GET before ${index} was)
+  math(EXPR index "${index} + 1")
+  set(now "missing")
+  if(EXISTS "${file}")
+    file(SHA256 "${file}" hash)
+    file(TIMESTAMP "${file}" mtime "%Y-%m-%dT%H:%M:%S" UTC)
+    set(now "${hash}@${mtime}")
+  endif()
+  if(NOT now STREQUAL was)
+    message(FATAL_ERROR "the refused run modified ${file} (sha256@mtime ${was} -> ${now}):\n${out}\n${err}")
+  endif()
+endforeach()
+list(LENGTH FILE_UNCHANGED kept)
+message(STATUS "exit ${rc} after ${elapsed_ms} ms, message from all ${NP} ranks: ${MESSAGE}; ${kept} file(s) unchanged")
