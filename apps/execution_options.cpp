@@ -1,6 +1,7 @@
 #include "apps/execution_options.hpp"
 
 #include <charconv>
+#include <cmath>
 
 #include "apps/mpi_program.hpp"
 
@@ -15,7 +16,12 @@ void add_execution_options(po::options_description& options, ExecutionOptions& o
       ("exchange", po::value(&out.exchange)->default_value(out.exchange),
        "variable (counts, then rows) | padded (capacity slots, no count exchange)")
       ("wire", po::value(&out.wire)->default_value(out.wire),
-       "fp32 | bf16: format of exchanged rows (bf16: relative error <= 1e-2)");
+       "fp32 | bf16: format of exchanged rows (bf16: relative error <= 1e-2)")
+      ("check-finite", po::bool_switch(&out.check_finite),
+       "refuse NaN or infinite inputs and output gradients (every rank reports the row)")
+      ("watchdog-seconds", po::value(&out.watchdog_seconds)->default_value(out.watchdog_seconds, "300"),
+       "abort the job when an exchange or reduction has not completed after this long, naming the "
+       "layer, call, phase and the peers not heard from; 0 turns it off");
 }
 
 void finish_execution_options(const ExecutionOptions& options, MoeConfig& config) {
@@ -36,6 +42,14 @@ void finish_execution_options(const ExecutionOptions& options, MoeConfig& config
   const auto wire = parse_wire_format(options.wire);
   if (!wire) throw UsageError("--wire '" + options.wire + "' is not one of: fp32, bf16");
   config.wire = *wire;
+  config.check_finite = options.check_finite;
+  if (!(options.watchdog_seconds >= 0) || !std::isfinite(options.watchdog_seconds)) {
+    throw UsageError("--watchdog-seconds must be a finite number >= 0");
+  }
+}
+
+void apply_watchdog(const ExecutionOptions& options, comm::Communicator& world) {
+  world.set_timeout(options.watchdog_seconds);
 }
 
 }  // namespace moe::apps

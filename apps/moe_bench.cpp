@@ -144,6 +144,7 @@ class RawAlltoallv {
 
 int bench(comm::MpiCommunicator& world, const Options& o) {
   const MoeConfig& c = o.layer.config;
+  apps::apply_watchdog(o.execution, world);
   std::unique_ptr<comm::Communicator> link_storage;
   comm::Communicator& ep = apps::with_link(o.link, world, link_storage);
   MoeLayer layer(c, ep);
@@ -154,6 +155,12 @@ int bench(comm::MpiCommunicator& world, const Options& o) {
   fill_normal(x, o.seed, "input.rank" + std::to_string(rank));
   fill_normal(dy, o.seed, "grad_output.rank" + std::to_string(rank));
 
+  if (rank == 0) {
+    // On stderr, so --json output stays one line; also the sign (for tests) that the run is under way.
+    std::fprintf(stderr, "moe-bench: layer ready, running %d warm-up and %d timed iterations\n",
+                 o.warmup, o.iters);
+    std::fflush(stderr);
+  }
   ForwardContext ctx;
   Series series;
   experts::GemmFloorWorkspace gemm_ws;

@@ -13,6 +13,7 @@
 #include <iostream>
 #include <optional>
 
+#include "apps/execution_options.hpp"
 #include "apps/mpi_program.hpp"
 #include "runtime/error.hpp"
 #include "runtime/layer_case.hpp"
@@ -28,6 +29,7 @@ struct Options {
   std::string case_path;
   std::string out_path;
   int dp_size = 1;
+  apps::ExecutionOptions execution;  // how to run the case; never what it computes
 };
 
 // nullopt after --help: the program then exits 0 on every rank.
@@ -42,6 +44,7 @@ std::optional<Options> parse_options(int argc, char** argv, int rank) {
       ("out", po::value(&o.out_path)->required(), "result file to write (safetensors)")
       ("dp-size", po::value(&o.dp_size)->default_value(1),
        "data-parallel copies of the expert-parallel group (the job has dp-size x P ranks)");
+  apps::add_execution_options(desc, o.execution);
   po::variables_map vm;
   po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
   if (vm.count("help")) {
@@ -50,6 +53,8 @@ std::optional<Options> parse_options(int argc, char** argv, int rank) {
   }
   po::notify(vm);
   if (o.dp_size < 1) throw apps::UsageError("--dp-size must be >= 1");
+  MoeConfig check;  // the execution options are validated now, applied to the case's config later
+  apps::finish_execution_options(o.execution, check);
   return o;
 }
 
@@ -77,6 +82,7 @@ std::vector<float> gather_on_root(comm::Communicator& comm, std::span<const floa
 }
 
 int replay(comm::MpiCommunicator& world, const Options& options) {
+  apps::apply_watchdog(options.execution, world);
   LayerCase layer_case;
   collectively(world, [&] {
     layer_case = read_layer_case(options.case_path);
@@ -91,6 +97,7 @@ int replay(comm::MpiCommunicator& world, const Options& options) {
   ParallelGroups groups = ParallelGroups::create(world, world.size() / options.dp_size);
   comm::Communicator& ep = *groups.ep;
 
+  apps::finish_execution_options(options.execution, layer_case.config);
   MoeLayer layer(layer_case.config, ep);
   load_parameters(layer_case, layer);
   const std::int64_t d = layer_case.config.d_model;

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 
+#include "apps/execution_options.hpp"
 #include "apps/layer_options.hpp"
 #include "apps/mpi_program.hpp"
 #include "apps/trainer.hpp"
@@ -29,6 +30,7 @@ namespace {
 
 struct Options {
   apps::LayerOptions layer;
+  apps::ExecutionOptions execution;
   apps::TrainOptions train;
   std::string baseline = "dense";
   std::string json_path;
@@ -82,6 +84,7 @@ std::optional<Options> parse_options(int argc, char** argv, const comm::Communic
        "continue from the newest checkpoint in DIR (or from one step-N directory)")
       ("json", po::value(&o.json_path), "also write progress and the summary as JSON lines to FILE");
   apps::add_layer_options(desc, o.layer);
+  apps::add_execution_options(desc, o.execution);
   po::variables_map vm;
   po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
   if (vm.count("help")) {
@@ -90,6 +93,7 @@ std::optional<Options> parse_options(int argc, char** argv, const comm::Communic
   }
   po::notify(vm);
   apps::finish_layer_options(o.layer);
+  apps::finish_execution_options(o.execution, o.layer.config);
   t.model.layer = o.layer.config;
   t.task.d_model = o.layer.config.d_model;
   t.task.d_out = t.model.d_out;
@@ -191,6 +195,7 @@ void print_summary(const Options& o, int world_size, const apps::RunResult& moe,
 
 int run(comm::MpiCommunicator& world, const Options& o) {
   const auto start = std::chrono::steady_clock::now();
+  apps::apply_watchdog(o.execution, world);
   const bool root = world.rank() == 0;
   // The --json file is opened now, so an unwritable path fails before any work, but emptied only
   // at its first line: a run refused on the way (a bad --resume, say) leaves an existing file as

@@ -55,7 +55,9 @@ TrainModel::TrainModel(const ModelConfig& config, ParallelGroups& groups, comm::
     add_replicated(prefix + "norm.weight", {d}, w);
     add_replicated(prefix + "norm.bias", {d}, b);
     if (config.kind == BlockKind::moe) {
-      block->moe = std::make_unique<MoeLayer>(c, *groups.ep);
+      MoeConfig labelled = c;
+      labelled.label = prefix + "moe";
+      block->moe = std::make_unique<MoeLayer>(labelled, *groups.ep);
       MoeLayer& layer = *block->moe;
       params_.push_back({prefix + "moe.gate.weight", {c.num_experts, d}, layer.gate_weight(),
                          layer.gate_weight_grad(), false});

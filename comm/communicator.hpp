@@ -19,6 +19,14 @@ namespace moe::comm {
 
 enum class ReduceOp { sum, max, min };
 
+// What a rank is doing, for the watchdog's diagnostic. Set by the layer before its collectives;
+// the strings must outlive the operation (literals, or a label the layer owns).
+struct OperationContext {
+  const char* layer = "";
+  std::int64_t call = 0;
+  const char* phase = "";
+};
+
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -58,6 +66,13 @@ class Communicator {
   // alltoallv; other operations wait as the backend does.
   enum class WaitMode { spin, sleep };
   virtual void set_wait_mode(WaitMode) {}
+
+  // The watchdog: an operation not complete `seconds` after it started prints a diagnostic (rank,
+  // host, the operation context, the peers not heard from) and aborts the whole job, so a stopped,
+  // hung or diverged rank can never leave the others waiting forever. 0 turns it off. Must be the
+  // same on every rank (it selects the exchange algorithm); split() keeps it.
+  virtual void set_timeout(double /*seconds*/) {}
+  virtual void set_context(const OperationContext& /*context*/) {}
 };
 
 }  // namespace moe::comm

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -98,32 +100,59 @@ std::unique_ptr<MpiCommunicator> MpiCommunicator::split_mpi(int color, int key) 
   MPI_Comm part = MPI_COMM_NULL;
   MOE_CHECK_MPI(MPI_Comm_split(comm_, color, key, &part));
   if (part == MPI_COMM_NULL) return nullptr;
-  return std::unique_ptr<MpiCommunicator>(new MpiCommunicator(Adopt{}, part, max_message_bytes_));
+  std::unique_ptr<MpiCommunicator> child(new MpiCommunicator(Adopt{}, part, max_message_bytes_));
+  child->timeout_seconds_ = timeout_seconds_;
+  return child;
 }
 
 bool MpiCommunicator::any_rank(bool local) {
   int flag = local ? 1 : 0;
-  if (wait_mode_ == WaitMode::spin) {
+  if (wait_mode_ == WaitMode::spin && timeout_seconds_ <= 0) {
     MOE_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &flag, 1, MPI_INT, MPI_MAX, comm_));
   } else {
     MPI_Request request = MPI_REQUEST_NULL;
     MOE_CHECK_MPI(MPI_Iallreduce(MPI_IN_PLACE, &flag, 1, MPI_INT, MPI_MAX, comm_, &request));
-    wait(request);
+    wait(request, "MPI_Iallreduce (alltoallv path agreement)");
   }
   return flag != 0;
 }
 
-void MpiCommunicator::wait(MPI_Request& request) {
-  if (wait_mode_ == WaitMode::spin) {
+void MpiCommunicator::set_timeout(double seconds) {
+  if (!(seconds >= 0)) {
+    throw std::invalid_argument("MpiCommunicator::set_timeout: seconds must be >= 0, got " +
+                                std::to_string(seconds));
+  }
+  timeout_seconds_ = seconds;
+}
+
+void MpiCommunicator::watchdog_expired(const char* operation, const std::string& peers) const {
+  std::fprintf(stderr,
+               "moe-ep watchdog: %s did not complete within %.1f s on rank %d of %d (world rank %d, "
+               "host %s), layer '%s' call %lld phase '%s'; %s. Aborting the job.\n",
+               operation, timeout_seconds_, rank_, size_, this_world_rank(), host_.c_str(),
+               context_.layer, static_cast<long long>(context_.call), context_.phase, peers.c_str());
+  std::fflush(stderr);
+  MPI_Abort(MPI_COMM_WORLD, watchdog_exit_code);
+  std::abort();  // MPI_Abort is not declared noreturn
+}
+
+void MpiCommunicator::wait(MPI_Request& request, const char* operation) {
+  if (wait_mode_ == WaitMode::spin && timeout_seconds_ <= 0) {
     MOE_CHECK_MPI(MPI_Wait(&request, MPI_STATUS_IGNORE));
     return;
   }
-  // Yield first (a peer that is nearly there costs no sleep), then sleep: the core belongs to the
-  // computation this exchange is overlapped with. MPI_Test also drives the exchange's progress.
-  for (int polls = 0;; ++polls) {
+  // In sleep mode: yield first (a peer that is nearly there costs no sleep), then sleep, since the
+  // core belongs to the computation this exchange is overlapped with. MPI_Test also drives the
+  // exchange's progress.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_seconds_);
+  for (long polls = 0;; ++polls) {
     int done = 0;
     MOE_CHECK_MPI(MPI_Test(&request, &done, MPI_STATUS_IGNORE));
     if (done != 0) return;
+    if (timeout_seconds_ > 0 && polls % 64 == 0 && std::chrono::steady_clock::now() > deadline) {
+      watchdog_expired(operation, "a collective does not say which peers have joined");
+    }
+    if (wait_mode_ == WaitMode::spin) continue;
     if (polls < 32) {
       std::this_thread::yield();
     } else {
@@ -162,7 +191,7 @@ void MpiCommunicator::alltoallv(const std::byte* send, std::span<const std::size
     copy_bytes(recv, send, send_bytes[0]);
     return;
   }
-  if (any_rank(!fits)) {
+  if (timeout_seconds_ > 0 || any_rank(!fits)) {
     pairwise_exchange(send, send_bytes, send_offsets_, recv, recv_bytes, recv_offsets_);
     return;
   }
@@ -182,12 +211,12 @@ void MpiCommunicator::alltoallv(const std::byte* send, std::span<const std::size
   MOE_CHECK_MPI(MPI_Ialltoallv(send, mpi_send_counts_.data(), mpi_send_displs_.data(), MPI_BYTE,
                                recv, mpi_recv_counts_.data(), mpi_recv_displs_.data(), MPI_BYTE,
                                comm_, &request));
-  wait(request);
+  wait(request, "MPI_Ialltoallv");
 }
 
 void MpiCommunicator::alltoall(const std::byte* send, std::byte* recv, std::size_t block_bytes) {
   // block_bytes is the same everywhere, so every rank takes the same path without agreeing.
-  if (block_bytes <= max_message_bytes_) {
+  if (block_bytes <= max_message_bytes_ && timeout_seconds_ <= 0) {
     MOE_CHECK_MPI(MPI_Alltoall(send, static_cast<int>(block_bytes), MPI_BYTE, recv,
                                static_cast<int>(block_bytes), MPI_BYTE, comm_));
     return;
@@ -201,7 +230,7 @@ void MpiCommunicator::alltoall(const std::byte* send, std::byte* recv, std::size
 }
 
 void MpiCommunicator::allgather(const std::byte* send, std::byte* recv, std::size_t block_bytes) {
-  if (block_bytes <= max_message_bytes_) {
+  if (block_bytes <= max_message_bytes_ && timeout_seconds_ <= 0) {
     MOE_CHECK_MPI(MPI_Allgather(send, static_cast<int>(block_bytes), MPI_BYTE, recv,
                                 static_cast<int>(block_bytes), MPI_BYTE, comm_));
     return;
@@ -259,13 +288,43 @@ void MpiCommunicator::pairwise_exchange(const std::byte* send,
       }
       // The local block is copied while the first messages are in flight.
       if (!self_copied) copy_self_block();
-      wait_window(num_requests);
+      wait_window(num_requests, src, step);
     }
   }
   if (!self_copied) copy_self_block();
 }
 
-void MpiCommunicator::wait_window(int num_requests) {
+void MpiCommunicator::wait_window(int num_requests, int src, int step) {
+  if (timeout_seconds_ > 0 || wait_mode_ == WaitMode::sleep) {
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_seconds_);
+    for (long polls = 0;; ++polls) {
+      int done = 0;
+      const int code = MPI_Testall(num_requests, requests_.data(), &done, statuses_.data());
+      if (code != MPI_SUCCESS) detail::throw_mpi_error(code, "MPI_Testall(pairwise exchange window)", __FILE__, __LINE__);
+      if (done != 0) return;
+      if (timeout_seconds_ > 0 && polls % 64 == 0 && std::chrono::steady_clock::now() > deadline) {
+        // This step waits on `src`; the steps after it (their sources) have not started.
+        std::string peers = "no data yet from rank ";
+        peers += std::to_string(src);
+        if (step + 1 < size_) {
+          peers += "; ranks not reached yet:";
+          for (int later = step + 1; later < size_; ++later) {
+            peers += ' ';
+            peers += std::to_string((rank_ - later + size_) % size_);
+          }
+        }
+        watchdog_expired("the pairwise exchange", peers);
+      }
+      if (wait_mode_ == WaitMode::sleep) {
+        if (polls < 32) {
+          std::this_thread::yield();
+        } else {
+          std::this_thread::sleep_for(std::chrono::microseconds(20));
+        }
+      }
+    }
+  }
   const int code = MPI_Waitall(num_requests, requests_.data(), statuses_.data());
   if (code == MPI_ERR_IN_STATUS) {
     // Report the failed message's own error rather than the generic "error in status".
@@ -283,17 +342,39 @@ void MpiCommunicator::wait_window(int num_requests) {
 }
 
 void MpiCommunicator::allreduce(std::span<float> data, ReduceOp op) {
+  if (timeout_seconds_ > 0) return watched_allreduce(data.data(), data.size(), MPI_FLOAT, op);
   allreduce_in_place(comm_, data, MPI_FLOAT, op);
 }
 
 void MpiCommunicator::allreduce(std::span<double> data, ReduceOp op) {
+  if (timeout_seconds_ > 0) return watched_allreduce(data.data(), data.size(), MPI_DOUBLE, op);
   allreduce_in_place(comm_, data, MPI_DOUBLE, op);
 }
 
+void MpiCommunicator::watched_allreduce(void* data, std::size_t count, MPI_Datatype type, ReduceOp op) {
+  if (count == 0) return;
+  if (count > int_max) {
+    throw std::invalid_argument("MpiCommunicator::allreduce: " + std::to_string(count) +
+                                " elements is more than one watched reduction carries (INT_MAX)");
+  }
+  MPI_Request request = MPI_REQUEST_NULL;
+  MOE_CHECK_MPI(MPI_Iallreduce(MPI_IN_PLACE, data, static_cast<int>(count), type, to_mpi(op), comm_, &request));
+  wait(request, "MPI_Iallreduce");
+}
+
 void MpiCommunicator::allreduce(std::span<std::int64_t> data, ReduceOp op) {
+  if (timeout_seconds_ > 0) return watched_allreduce(data.data(), data.size(), MPI_INT64_T, op);
   allreduce_in_place(comm_, data, MPI_INT64_T, op);
 }
 
-void MpiCommunicator::barrier() { MOE_CHECK_MPI(MPI_Barrier(comm_)); }
+void MpiCommunicator::barrier() {
+  if (timeout_seconds_ <= 0) {
+    MOE_CHECK_MPI(MPI_Barrier(comm_));
+    return;
+  }
+  MPI_Request request = MPI_REQUEST_NULL;
+  MOE_CHECK_MPI(MPI_Ibarrier(comm_, &request));
+  wait(request, "MPI_Ibarrier");
+}
 
 }  // namespace moe::comm

@@ -91,6 +91,14 @@ class MpiCommunicator final : public Communicator {
   // In `sleep` mode alltoallv uses MPI_Ialltoallv (and MPI_Iallreduce for its path agreement) and
   // waits by testing with yields, then sleeps of 20 µs.
   void set_wait_mode(WaitMode mode) override { wait_mode_ = mode; }
+  // With a timeout every exchange (alltoallv, alltoall, allgather) takes the pairwise
+  // point-to-point path, so that on expiry the diagnostic can name the ranks whose data has not
+  // arrived; reductions and barriers become non-blocking calls polled against the deadline.
+  void set_timeout(double seconds) override;
+  // Exit code of a job the watchdog aborts.
+  static constexpr int watchdog_exit_code = 124;
+  void set_context(const OperationContext& context) override { context_ = context; }
+  double timeout() const noexcept { return timeout_seconds_; }
 
  private:
   struct Adopt {};
@@ -100,9 +108,14 @@ class MpiCommunicator final : public Communicator {
 
   // True on every rank when any rank passes true.
   bool any_rank(bool local);
-  // Completes `request` as the wait mode says.
-  void wait(MPI_Request& request);
+  // Completes `request` as the wait mode says, within the watchdog's deadline.
+  void wait(MPI_Request& request, const char* operation);
+  // Prints the watchdog's diagnostic and aborts the job.
+  [[noreturn]] void watchdog_expired(const char* operation, const std::string& peers) const;
+  void watched_allreduce(void* data, std::size_t count, MPI_Datatype type, ReduceOp op);
   WaitMode wait_mode_ = WaitMode::spin;
+  double timeout_seconds_ = 0;
+  OperationContext context_;
 
   // Pairwise point-to-point exchange: block p of `send` (send_bytes[p] bytes at send_offsets[p])
   // goes to rank p, block q of `recv` (at recv_offsets[q]) comes from rank q, in messages of at
@@ -112,7 +125,9 @@ class MpiCommunicator final : public Communicator {
                          std::span<const std::size_t> recv_bytes,
                          std::span<const std::size_t> recv_offsets);
   // Posted requests of one window of pairwise_exchange, then waits for all of them.
-  void wait_window(int num_requests);
+  // Completes the window's requests; `src` is the peer this step receives from and `step` the
+  // pairwise step (for the watchdog's account of which peers have not been heard from).
+  void wait_window(int num_requests, int src, int step);
 
   // At most this many messages per direction are in flight in pairwise_exchange: bounded, so the
   // request arrays are members and the hot path never allocates.

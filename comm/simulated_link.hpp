@@ -87,6 +87,8 @@ class SimulatedLinkCommunicator final : public Communicator {
   void allreduce(std::span<std::int64_t> data, ReduceOp op) override;
   void barrier() override;
   void set_wait_mode(WaitMode mode) override { inner_.set_wait_mode(mode); }
+  void set_timeout(double seconds) override { inner_.set_timeout(seconds); }
+  void set_context(const OperationContext& context) override { inner_.set_context(context); }
 
  private:
   // Sleeps until `start` + the model's time for `bytes`; no delay on a one-rank communicator.

@@ -111,6 +111,20 @@ void MoeConfig::options_from_metadata(const std::map<std::string, std::string>& 
   if (auto v = value_of("z_loss_coef")) z_loss_coef = parse_double("z_loss_coef", *v);
 }
 
+std::vector<std::pair<std::string, std::string>> MoeConfig::fields() const {
+  auto fields = std::vector<std::pair<std::string, std::string>>{
+      {"num_experts", std::to_string(num_experts)},
+      {"d_model", std::to_string(d_model)},
+      {"d_hidden", std::to_string(d_hidden)},
+  };
+  for (auto& option : options_to_metadata()) fields.push_back(option);
+  fields.push_back({"overlap_chunks", std::to_string(overlap_chunks)});
+  fields.push_back({"exchange", std::string(to_string(exchange))});
+  fields.push_back({"wire", std::string(to_string(wire))});
+  fields.push_back({"check_finite", check_finite ? "true" : "false"});
+  return fields;
+}
+
 std::string MoeConfig::summary() const {
   std::ostringstream out;
   out << "E=" << num_experts << " d=" << d_model << " h=" << d_hidden << " k=" << top_k

@@ -7,6 +7,8 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "experts/activation.hpp"
 #include "runtime/wire_format.hpp"
@@ -45,6 +47,8 @@ struct MoeConfig {
   std::int64_t overlap_chunks = 1;  // pipeline chunks; 0 = auto, chosen from the first call's timings
   ExchangeKind exchange = ExchangeKind::variable;
   WireFormat wire = WireFormat::fp32;  // bf16 only when asked for (relative error <= 1e-2)
+  bool check_finite = false;  // refuse NaN/Inf in inputs and output gradients (one pass over each)
+  std::string label = "moe";  // names the layer in diagnostics (watchdog, errors)
 
   bool dropless() const { return capacity_factor <= 0.0; }
   std::int64_t experts_per_rank(int ep_size) const { return num_experts / ep_size; }
@@ -58,6 +62,10 @@ struct MoeConfig {
   // Sets the options present in `metadata`; keys it does not know are ignored (a case file carries
   // other keys too). A value that does not parse throws moe::Error naming the key and value.
   void options_from_metadata(const std::map<std::string, std::string>& metadata);
+
+  // Every option by name with its value as text, in a fixed order: what ranks compare to check
+  // they run the same layer (the label is left out: it only names the layer).
+  std::vector<std::pair<std::string, std::string>> fields() const;
 
   // One line for logs: "E=8 d=512 h=1024 k=2 cf=1.25 min_capacity=4 policy=position ...".
   std::string summary() const;

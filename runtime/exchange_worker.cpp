@@ -62,6 +62,7 @@ void ExchangeWorker::run() {
     // every waiter gets the first error.
     if (!error_) {
       try {
+        comm_.set_context(task.context);
         comm_.alltoallv(task.send, task.send_bytes, task.recv, task.recv_bytes);
       } catch (...) {
         error_ = std::current_exception();

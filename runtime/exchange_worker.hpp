@@ -29,6 +29,7 @@ class ExchangeWorker {
     std::span<const std::size_t> send_bytes;
     std::byte* recv = nullptr;
     std::span<const std::size_t> recv_bytes;
+    comm::OperationContext context;  // for the watchdog's diagnostic
   };
 
   explicit ExchangeWorker(comm::Communicator& comm);

@@ -35,11 +35,38 @@ std::string check_shapes(std::span<const float> x, std::span<const float> y, std
   return {};
 }
 
+// The first non-finite value of a [rows, width] tensor, as an error message, or "".
+std::string first_non_finite(const char* name, std::span<const float> values, std::int64_t width) {
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    if (!std::isfinite(values[i])) {
+      return std::string(name) + " row " + std::to_string(static_cast<std::int64_t>(i) / width) +
+             " column " + std::to_string(static_cast<std::int64_t>(i) % width) + " is " +
+             (std::isnan(values[i]) ? "NaN" : "infinite") + " (check_finite is on)";
+    }
+  }
+  return {};
+}
+
+// Runs `body`; returns what it threw, as text ("" when it succeeded).
+template <class Body>
+std::string failure_of(Body&& body) {
+  try {
+    body();
+    return {};
+  } catch (const std::bad_alloc&) {
+    return "out of memory growing the layer's buffers";
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+}
+
 }  // namespace
 
 MoeLayer::MoeLayer(const MoeConfig& config, comm::Communicator& ep_comm)
     : config_(config), comm_(ep_comm) {
+  set_phase("construction");
   collectively(comm_, [&] { config_.validate(comm_.size()); });
+  check_consistency();
   gate_weight_.assign(static_cast<std::size_t>(config_.num_experts * config_.d_model), 0.0f);
   experts_ = experts::ExpertShard(
       experts_per_rank(), {config_.d_model, config_.d_hidden, config_.activation});
@@ -66,6 +93,59 @@ MoeLayer::MoeLayer(const MoeConfig& config, comm::Communicator& ep_comm)
 
 MoeLayer::~MoeLayer() = default;
 
+void MoeLayer::check_consistency() {
+  // One hash per field; ranks whose hash differs from rank 0's say their value, and the agreed
+  // error groups equal values with the ranks that hold them.
+  const auto fields = config_.fields();
+  std::vector<std::uint64_t> mine(fields.size()), all(fields.size() * static_cast<std::size_t>(ep_size()));
+  for (std::size_t i = 0; i < fields.size(); ++i) {
+    std::uint64_t h = 1469598103934665603ull;
+    for (unsigned char c : fields[i].second) h = (h ^ c) * 1099511628211ull;
+    mine[i] = h;
+  }
+  comm_.allgather(reinterpret_cast<const std::byte*>(mine.data()),
+                  reinterpret_cast<std::byte*>(all.data()), mine.size() * sizeof(std::uint64_t));
+  std::string differing;
+  for (std::size_t i = 0; i < fields.size(); ++i) {
+    bool same = true;
+    for (int r = 1; r < ep_size(); ++r) same = same && all[static_cast<std::size_t>(r) * fields.size() + i] == all[i];
+    if (same) continue;
+    if (!differing.empty()) differing += ", ";
+    differing += fields[i].first + "=" + fields[i].second;
+  }
+  if (differing.empty()) return;
+  try {
+    raise_agreed_error(comm_, differing);
+  } catch (const Error& e) {
+    throw Error(std::string("the ranks of layer '") + config_.label +
+                "' were given different configurations: " + e.what());
+  }
+}
+
+void MoeLayer::set_phase(const char* phase) {
+  comm_.set_context({config_.label.c_str(), calls_, phase});
+}
+
+void MoeLayer::grow_receive_side(ForwardContext& ctx) {
+  const DispatchPlan& plan = ctx.plan_;
+  const std::int64_t d = config_.d_model, h = config_.d_hidden;
+  const auto row_bytes = static_cast<std::int64_t>(wire_row_bytes());
+  grow(send_wire_, plan.num_send_rows() * row_bytes);
+  grow(ctx.returned_, plan.num_send_rows() * row_bytes);
+  grow(recv_wire_, plan.num_recv_rows() * row_bytes);
+  grow(ctx.expert_input_, plan.num_recv_rows() * d);
+  grow(expert_rows_, plan.num_recv_rows() * d);
+  if (static_cast<int>(ctx.ffn_.size()) < plan.num_chunks) ctx.ffn_.resize(static_cast<std::size_t>(plan.num_chunks));
+  // The experts' saved activations too, so no chunk's computation allocates mid-pipeline.
+  for (int c = 0; c < plan.num_chunks; ++c) {
+    experts::FfnActivations& saved = ctx.ffn_[static_cast<std::size_t>(c)];
+    const std::int64_t hidden = plan.chunk_recv_rows(c) * h;
+    grow(saved.hidden_pre, hidden);
+    grow(saved.hidden_act, hidden);
+    if (experts::is_gated(config_.activation)) grow(saved.hidden_gate, hidden);
+  }
+}
+
 // Collective (the split).
 void MoeLayer::start_worker() {
   worker_comm_ = comm_.split(0, ep_rank());
@@ -84,23 +164,22 @@ std::size_t MoeLayer::wire_row_bytes() const {
 
 const ForwardResult& MoeLayer::forward(std::span<const float> x, std::span<float> y,
                                        ForwardContext& ctx) {
+  ++calls_;
   PhaseTimer clock(ctx.result_.stats.phase_seconds);
   plan_dispatch(x, y, ctx);
   clock.lap(Phase::route);
 
+  // The receive side's sizes are known only now: a rank that cannot grow its buffers says so
+  // before anyone enters the payload exchange.
   const DispatchPlan& plan = ctx.plan_;
-  const std::int64_t d = config_.d_model;
-  const auto row_bytes = static_cast<std::int64_t>(wire_row_bytes());
-  grow(send_wire_, plan.num_send_rows() * row_bytes);
+  set_phase("agree on receive buffers");
+  agree_on_errors(comm_, failure_of([&] { grow_receive_side(ctx); }));
   gather_rows(plan, x, wire(send_wire_.data()));
   clock.lap(Phase::permute);
 
-  grow(ctx.expert_input_, plan.num_recv_rows() * d);
-  grow(expert_rows_, plan.num_recv_rows() * d);
-  if (static_cast<int>(ctx.ffn_.size()) < plan.num_chunks) ctx.ffn_.resize(static_cast<std::size_t>(plan.num_chunks));
-  grow(ctx.returned_, plan.num_send_rows() * row_bytes);
   const double exchange_seconds =
-      run_pipeline(ctx, send_wire_.data(), ctx.returned_.data(), &MoeLayer::forward_chunk, clock);
+      run_pipeline(ctx, send_wire_.data(), ctx.returned_.data(), &MoeLayer::forward_chunk, clock,
+                   "dispatch", "return");
   combine_rows(plan, ctx.router_.weight, wire(ctx.returned_.data()), y);
   clock.lap(Phase::combine);
 
@@ -110,6 +189,7 @@ const ForwardResult& MoeLayer::forward(std::span<const float> x, std::span<float
 
 void MoeLayer::backward(std::span<const float> x, std::span<const float> dy, std::span<float> dx,
                         ForwardContext& ctx, double grad_aux, double grad_z) {
+  ++calls_;
   const std::int64_t d = config_.d_model;
   const DispatchPlan& plan = ctx.plan_;
   const std::size_t expected = static_cast<std::size_t>(plan.num_tokens * d);
@@ -119,13 +199,23 @@ void MoeLayer::backward(std::span<const float> x, std::span<const float> dy, std
                   " elements (the forward's " + std::to_string(plan.num_tokens) +
                   " tokens), got " + std::to_string(x.size()) + ", " + std::to_string(dy.size()) +
                   " and " + std::to_string(dx.size());
+  } else if (config_.check_finite) {
+    local_error = first_non_finite("grad_output", dy, d);
   }
+  if (local_error.empty()) {
+    local_error = failure_of([&] {
+      grow(send_wire_, plan.num_send_rows() * static_cast<std::int64_t>(wire_row_bytes()));
+      grow(recv_wire_, plan.num_recv_rows() * static_cast<std::int64_t>(wire_row_bytes()));
+      grow(d_weight_, plan.num_tokens * config_.top_k);
+      grow(expert_rows_, plan.num_recv_rows() * d);
+      grow(expert_grad_rows_, plan.num_recv_rows() * d);
+      grow(d_logits_, plan.num_tokens * config_.num_experts);
+    });
+  }
+  set_phase("backward: agree on inputs");
   agree_on_errors(comm_, local_error);
 
   PhaseTimer clock(ctx.backward_seconds_);
-  const auto row_bytes = static_cast<std::int64_t>(wire_row_bytes());
-  grow(send_wire_, plan.num_send_rows() * row_bytes);
-  grow(d_weight_, plan.num_tokens * config_.top_k);
   combine_rows_backward(plan, ctx.router_.weight, wire(ctx.returned_.data()), dy,
                         wire(send_wire_.data()), d_weight_);
   zero_padding_rows(plan, wire(send_wire_.data()));
@@ -133,15 +223,13 @@ void MoeLayer::backward(std::span<const float> x, std::span<const float> dy, std
 
   // The gradient of each expert output travels the dispatch route and the input gradient comes
   // back into the same buffer: chunk c's return lands where chunk c's dispatch already left.
-  grow(expert_rows_, plan.num_recv_rows() * d);
-  grow(expert_grad_rows_, plan.num_recv_rows() * d);
   ctx.backward_exchange_seconds_ =
-      run_pipeline(ctx, send_wire_.data(), send_wire_.data(), &MoeLayer::backward_chunk, clock);
+      run_pipeline(ctx, send_wire_.data(), send_wire_.data(), &MoeLayer::backward_chunk, clock,
+                   "backward: gradients to experts", "backward: gradients back");
 
   gather_rows_backward(plan, wire(send_wire_.data()), dx);
   clock.lap(Phase::permute);
 
-  grow(d_logits_, plan.num_tokens * config_.num_experts);
   const RouterLossGrad losses{ctx.result_.stats.expert_counts, ctx.result_.stats.total_tokens,
                               grad_aux, grad_z};
   route_backward(config_, gate_weight_, x, ctx.router_, d_weight_, losses, d_logits_, dx,
@@ -175,13 +263,15 @@ void MoeLayer::backward_chunk(MoeLayer& layer, ForwardContext& ctx, int c) {
 }
 
 double MoeLayer::run_pipeline(ForwardContext& ctx, const std::byte* send, std::byte* returned,
-                              ChunkWork work, PhaseTimer& timer) {
+                              ChunkWork work, PhaseTimer& timer, const char* out_phase,
+                              const char* back_phase) {
   const DispatchPlan& plan = ctx.plan_;
   const int chunks = plan.num_chunks;
   const auto p_size = static_cast<std::size_t>(ep_size());
   const std::size_t row_bytes = wire_row_bytes();
-  grow(recv_wire_, plan.num_recv_rows() * static_cast<std::int64_t>(row_bytes));
   std::byte* recv = recv_wire_.data();
+  const comm::OperationContext out_context{config_.label.c_str(), calls_, out_phase};
+  const comm::OperationContext back_context{config_.label.c_str(), calls_, back_phase};
 
   // Per chunk: bytes to each destination, then bytes from each source; the way back swaps them.
   chunk_bytes_.resize(static_cast<std::size_t>(chunks) * 2 * p_size);
@@ -204,12 +294,14 @@ double MoeLayer::run_pipeline(ForwardContext& ctx, const std::byte* send, std::b
   if (!worker_) {
     // One chunk: the exchanges run here, nothing to overlap.
     const auto start = Clock::now();
+    comm_.set_context(out_context);
     comm_.alltoallv(send, out_bytes(0), recv, in_bytes(0));
     const auto dispatched = Clock::now();
     timer.lap(Phase::exchange);
     work(*this, ctx, 0);
     timer.lap(Phase::experts);
     const auto back_start = Clock::now();
+    comm_.set_context(back_context);
     comm_.alltoallv(recv, in_bytes(0), returned, out_bytes(0));
     timer.lap(Phase::exchange_back);
     return std::chrono::duration<double>(dispatched - start).count() +
@@ -223,7 +315,7 @@ double MoeLayer::run_pipeline(ForwardContext& ctx, const std::byte* send, std::b
   tickets_.resize(static_cast<std::size_t>(2 * chunks));
   for (int c = 0; c < chunks; ++c) {
     tickets_[static_cast<std::size_t>(c)] =
-        worker_->post({send + send_at(c), out_bytes(c), recv + recv_at(c), in_bytes(c)});
+        worker_->post({send + send_at(c), out_bytes(c), recv + recv_at(c), in_bytes(c), out_context});
   }
   for (int c = 0; c < chunks; ++c) {
     worker_->wait(tickets_[static_cast<std::size_t>(c)]);
@@ -231,7 +323,7 @@ double MoeLayer::run_pipeline(ForwardContext& ctx, const std::byte* send, std::b
     work(*this, ctx, c);
     timer.lap(Phase::experts);
     tickets_[static_cast<std::size_t>(chunks + c)] =
-        worker_->post({recv + recv_at(c), in_bytes(c), returned + send_at(c), out_bytes(c)});
+        worker_->post({recv + recv_at(c), in_bytes(c), returned + send_at(c), out_bytes(c), back_context});
   }
   for (int c = 0; c < chunks; ++c) worker_->wait(tickets_[static_cast<std::size_t>(chunks + c)]);
   timer.lap(Phase::exchange_back);
@@ -243,17 +335,28 @@ void MoeLayer::plan_dispatch(std::span<const float> x, std::span<const float> y,
   const std::int64_t d = config_.d_model;
   const int p_size = ep_size();
   const std::int64_t local = experts_per_rank();
-  const std::string local_error = check_shapes(x, y, d);
-  const std::int64_t num_tokens = local_error.empty() ? static_cast<std::int64_t>(x.size()) / d : 0;
-  route(config_, gate_weight_, x, num_tokens, ctx.router_);
+  std::string local_error = check_shapes(x, y, d);
+  if (local_error.empty() && config_.check_finite) local_error = first_non_finite("input", x, d);
+  std::int64_t num_tokens = local_error.empty() ? static_cast<std::int64_t>(x.size()) / d : 0;
+  // Anything that fails here (an allocation, say) travels with the counts like a bad shape.
+  if (local_error.empty()) {
+    local_error = failure_of([&] { route(config_, gate_weight_, x, num_tokens, ctx.router_); });
+  }
+  if (!local_error.empty()) {
+    num_tokens = 0;
+    route(config_, gate_weight_, {}, 0, ctx.router_);
+  }
 
   if (config_.exchange == ExchangeKind::padded) {
     // No count exchange: every list is padded to the capacity of the largest batch of the group,
     // learned (with any rank's error) from one two-integer all-reduce.
     std::int64_t agreed[2] = {local_error.empty() ? 0 : 1, num_tokens};
+    set_phase("padded slot count");
     comm_.allreduce(std::span<std::int64_t>(agreed), comm::ReduceOp::max);
     if (agreed[0] != 0) raise_agreed_error(comm_, local_error);
     const std::int64_t slots = expert_capacity(config_, agreed[1]);
+    // Capacity grows with T, so `slots` holds every rank's kept rows; an allocation failure here
+    // is after the agreement and is caught by the receive-side agreement that follows.
     build_plan(config_, p_size, ctx.router_.expert, ctx.router_.weight, num_tokens, chunks_, slots,
                ctx.plan_);
     recv_counts_.assign(static_cast<std::size_t>(p_size * local), slots);
@@ -261,8 +364,15 @@ void MoeLayer::plan_dispatch(std::span<const float> x, std::span<const float> y,
     return;
   }
 
-  build_plan(config_, p_size, ctx.router_.expert, ctx.router_.weight, num_tokens, chunks_, -1,
-             ctx.plan_);
+  if (local_error.empty()) {
+    local_error = failure_of([&] {
+      build_plan(config_, p_size, ctx.router_.expert, ctx.router_.weight, num_tokens, chunks_, -1,
+                 ctx.plan_);
+    });
+  }
+  if (!local_error.empty()) {
+    build_plan(config_, p_size, ctx.router_.expert, ctx.router_.weight, 0, chunks_, -1, ctx.plan_);
+  }
   // Each rank tells each destination how many rows it sends to every one of its local experts,
   // plus a status word: a rank with a local error sends 1 there, so every rank learns of it from
   // this exchange and all raise the same error instead of some entering the payload exchange.
@@ -273,6 +383,7 @@ void MoeLayer::plan_dispatch(std::span<const float> x, std::span<const float> y,
     count_send_[p * block] = local_error.empty() ? 0 : 1;
     std::copy_n(ctx.plan_.kept.begin() + p * local, local, count_send_.begin() + p * block + 1);
   }
+  set_phase("count exchange");
   comm_.alltoall(reinterpret_cast<const std::byte*>(count_send_.data()),
                  reinterpret_cast<std::byte*>(count_recv_.data()),
                  static_cast<std::size_t>(block) * sizeof(std::int64_t));
@@ -319,6 +430,7 @@ void MoeLayer::reduce_statistics(ForwardContext& ctx, double exchange_seconds) {
   scalars[bytes_received] = scalars[bytes_sent];
   scalars[exchange_s] = exchange_seconds;
   scalars[experts_s] = ctx.result_.stats.seconds(Phase::experts);
+  set_phase("statistics");
   comm_.allgather(reinterpret_cast<const std::byte*>(stat_local_.data()),
                   reinterpret_cast<std::byte*>(stat_all_.data()),
                   static_cast<std::size_t>(width) * sizeof(double));

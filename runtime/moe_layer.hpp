@@ -112,7 +112,14 @@ class MoeLayer {
   // chunk as it arrives, and brings the results back into `returned` (send order). Returns the
   // time spent in exchanges.
   double run_pipeline(ForwardContext& ctx, const std::byte* send, std::byte* returned,
-                      ChunkWork work, PhaseTimer& timer);
+                      ChunkWork work, PhaseTimer& timer, const char* out_phase,
+                      const char* back_phase);
+  // Grows every buffer the pipeline writes (before the payload moves, so a failure is agreed).
+  void grow_receive_side(ForwardContext& ctx);
+  // Tells the communicator what the next collective is, for the watchdog's diagnostic.
+  void set_phase(const char* phase);
+  // At construction: every rank's configuration must be the same (names the differing fields).
+  void check_consistency();
   // One allgather of every rank's partial sums: losses, counts, bytes, and (for auto chunks) the
   // timings every rank decides from.
   void reduce_statistics(ForwardContext& ctx, double exchange_seconds);
@@ -129,6 +136,7 @@ class MoeLayer {
   std::vector<float> gate_weight_grad_;
   experts::ExpertShard expert_grads_;
   int chunks_ = 1;
+  std::int64_t calls_ = 0;        // forwards and backwards so far, for diagnostics
   bool auto_pending_ = false;     // overlap_chunks is auto and not yet chosen
   double empty_exchange_seconds_ = 0;
   // Only when chunks_ > 1: the communication thread, on a communicator of its own that waits by

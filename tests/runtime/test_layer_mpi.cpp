@@ -177,3 +177,45 @@ TEST_CASE("a bad input shape on one rank fails the forward on every rank", "[lay
   std::vector<float> good(8, 0.25f), out(8);
   CHECK_NOTHROW(layer.forward(good, out, ctx));
 }
+
+TEST_CASE("ranks given different configurations are told which fields differ", "[layer][errors]") {
+  auto world = comm::MpiCommunicator::world();
+  if (world->size() < 2) return;  // one rank cannot disagree with itself
+  const int last = world->size() - 1;
+  MoeConfig config;
+  config.num_experts = 4 * world->size();
+  config.d_model = 4;
+  config.d_hidden = 6;
+  if (world->rank() == last) {
+    config.top_k = 3;             // valid, but not what the others run
+    config.activation = experts::Activation::swiglu;
+  }
+  const std::string others = last == 1 ? "rank 0" : "ranks 0, 1" + std::string(last == 3 ? ", 2" : "");
+  CHECK_THROWS_WITH(MoeLayer(config, *world),
+                    Catch::Contains("were given different configurations") &&
+                        Catch::Contains("activation=gelu, top_k=2 (" + others + ")") &&
+                        Catch::Contains("activation=swiglu, top_k=3 (rank " + std::to_string(last) + ")"));
+}
+
+TEST_CASE("check_finite names the rank and row of a NaN in the input or the gradient",
+          "[layer][errors]") {
+  auto world = comm::MpiCommunicator::world();
+  MoeConfig config;
+  config.num_experts = 2 * world->size();
+  config.d_model = 4;
+  config.d_hidden = 6;
+  config.check_finite = true;
+  MoeLayer layer(config, *world);
+  const int bad = world->size() - 1;
+  std::vector<float> x(20, 0.5f), y(20), dx(20), dy(20, 1.0f);
+  if (world->rank() == bad) x[9] = std::nanf("");
+  ForwardContext ctx;
+  CHECK_THROWS_WITH(layer.forward(x, y, ctx),
+                    Catch::Contains("input row 2 column 1 is NaN (check_finite is on) (rank " +
+                                    std::to_string(bad) + ")"));
+  x[9] = 0.5f;
+  layer.forward(x, y, ctx);
+  if (world->rank() == bad) dy[4] = std::numeric_limits<float>::infinity();
+  CHECK_THROWS_WITH(layer.backward(x, dy, dx, ctx),
+                    Catch::Contains("grad_output row 1 column 0 is infinite"));
+}
