@@ -20,6 +20,24 @@ float load(const std::byte* row, std::int64_t c) {
   }
 }
 
+// dy_t · row in a fixed order: 16 float lanes (which the compiler vectorizes, where one running
+// sum would be a serial chain), added pairwise at the end. Same order every call, so the result is
+// reproducible bit for bit; error well under 1e-6 relative for rows of thousands of values.
+template <WireFormat F>
+float dot_row(const float* g, const std::byte* row, std::int64_t width) {
+  constexpr int kLanes = 16;
+  float lanes[kLanes] = {};
+  std::int64_t c = 0;
+  for (; c + kLanes <= width; c += kLanes) {
+    for (int l = 0; l < kLanes; ++l) lanes[l] += g[c + l] * load<F>(row, c + l);
+  }
+  for (; c < width; ++c) lanes[c % kLanes] += g[c] * load<F>(row, c);
+  for (int half = kLanes / 2; half > 0; half /= 2) {
+    for (int l = 0; l < half; ++l) lanes[l] += lanes[l + half];
+  }
+  return lanes[0];
+}
+
 // Calls fn(received_row, expert_row, rows) for every (source, local expert) block of chunk c. Each
 // block is contiguous in both orders; in expert order, expert e's rows from source s follow those
 // from sources 0..s-1.
@@ -72,10 +90,7 @@ void combine_backward_impl(const DispatchPlan& plan, std::span<const float> weig
         d_weight[a] = 0.0f;
         continue;
       }
-      const std::byte* out = back.row(row);
-      double dot = 0;
-      for (std::int64_t c = 0; c < width; ++c) dot += static_cast<double>(g[c]) * load<F>(out, c);
-      d_weight[a] = static_cast<float>(dot);
+      d_weight[a] = dot_row<F>(g, back.row(row), width);
       // d_out = w · dy, written in the wire format through a small stack buffer.
       const float w = weight[a];
       float scaled[256];
