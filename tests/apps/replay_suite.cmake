@@ -1,7 +1,8 @@
 # Runs every standard case through moe-replay under mpirun, checks each result against the float64
 # reference, runs it again and requires a bitwise identical result file.
 # With DP > 1 it runs DP data-parallel copies of each case (NP x DP ranks, --dp-size DP).
-# cmake -DMPIRUN=... -DNP=... [-DDP=...] -DREPLAY=... -DTOOL=... -DDIR=... -P replay_suite.cmake
+# EXTRA: more moe-replay arguments (execution options: same results within SPEC.md section 9).
+# cmake -DMPIRUN=... -DNP=... [-DDP=...] [-DEXTRA="a;b"] -DREPLAY=... -DTOOL=... -DDIR=... -P replay_suite.cmake
 if(NOT DP)
   set(DP 1)
 endif()
@@ -15,10 +16,11 @@ endif()
 set(failed "")
 foreach(case IN LISTS cases)
   get_filename_component(name "${case}" NAME_WE)
-  set(out_dir "${DIR}/results_np${NP}_dp${DP}")
+  string(MAKE_C_IDENTIFIER "${EXTRA}" variant)
+  set(out_dir "${DIR}/results_np${NP}_dp${DP}${variant}")
   file(MAKE_DIRECTORY "${out_dir}")
   foreach(run a b)
-    execute_process(COMMAND ${MPIRUN} -np ${ranks} ${REPLAY} --dp-size ${DP} --case ${case} --out ${out_dir}/${name}.${run}.safetensors
+    execute_process(COMMAND ${MPIRUN} -np ${ranks} ${REPLAY} --dp-size ${DP} ${EXTRA} --case ${case} --out ${out_dir}/${name}.${run}.safetensors
       RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err TIMEOUT 120)
     if(NOT rc EQUAL 0)
       message(SEND_ERROR "${name}: moe-replay failed (${rc}):\n${out}\n${err}")
