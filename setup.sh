@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages moe-ep needs to build and test. Safe to run again: packages
 # already present are left alone. Runs as root, or through sudo otherwise.
+#   ./setup.sh          what building and testing need
+#   ./setup.sh --fuzz   also clang 14 and its libFuzzer/sanitizer runtime (the "fuzz" preset, CI)
 set -euo pipefail
 
 packages=(
@@ -12,6 +14,9 @@ packages=(
   zlib1g-dev                          # CRC-32 of checkpoint files
   catch2                              # tests
 )
+if [ "${1:-}" = "--fuzz" ]; then
+  packages+=(clang-14 libclang-rt-14-dev)  # libFuzzer targets of tests/fuzz
+fi
 
 missing=()
 for p in "${packages[@]}"; do

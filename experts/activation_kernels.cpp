@@ -10,7 +10,9 @@
 // and cost ~10% of the expert GEMMs; the AVX-512 version is ~4x faster (measured on the
 // standard shape). oneDNN dispatches its GEMMs the same way. The row loops below are
 // always_inline so they are compiled inside, and for, each clone.
-#if defined(__x86_64__) && defined(__GNUC__)
+// Not under ThreadSanitizer: the loader runs an ifunc's resolver while relocating the program,
+// before TSan's runtime is set up, and the instrumented resolver crashes there (SIGSEGV at start).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__SANITIZE_THREAD__)
 #define MOE_VECTOR_CLONES [[gnu::target_clones("arch=x86-64-v4", "default")]]
 #else
 #define MOE_VECTOR_CLONES

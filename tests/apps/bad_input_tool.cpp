@@ -5,8 +5,8 @@
 //                                            DIR/existing_out.safetensors and DIR/existing.jsonl,
 //                                            files a refused run must leave as they are (their
 //                                            mtime is set far in the past, so any rewrite shows)
-//   bad_input_tool make-fuzz-seeds DIR       tiny valid layer cases: the seed corpus of
-//                                            tests/fuzz/fuzz_layer_case.cpp (committed; rerun
+//   bad_input_tool make-fuzz-seeds DIR       tiny layer cases, valid and damaged: the seed corpus
+//                                            of tests/fuzz/fuzz_layer_case.cpp (committed; rerun
 //                                            after changing the case format)
 //   bad_input_tool plant-shard STEP FILE SRC  replaces checkpoint shard STEP/FILE with SRC and
 //                                            re-seals STEP's index (size, CRC-32, the index's own
@@ -214,6 +214,8 @@ void make_bad_files(const fs::path& dir) {
   set_old_mtime(dir / "existing.jsonl");
 }
 
+SafetensorsFile safetensors_from(const Bytes& bytes) { return parse_safetensors(bytes, "seed"); }
+
 // Tiny valid cases (E 2, d 2, h 2, 2 or 3 tokens) so the fuzzer mutates small, meaningful files.
 void make_fuzz_seeds(const fs::path& dir) {
   fs::create_directories(dir);
@@ -236,6 +238,21 @@ void make_fuzz_seeds(const fs::path& dir) {
     spec.with_grad_output = s.grad;
     write_bytes(dir / s.name, serialize_safetensors(test::to_case_file(ref::make_case(spec))));
   }
+  // And damaged copies of the first, one per kind of check of the parser.
+  const SafetensorsFile base = safetensors_from(read_bytes(dir / "gelu_2ranks"));
+  auto bad = [&](const char* name, auto&& change) {
+    SafetensorsFile f = base;
+    change(f);
+    write_bytes(dir / name, serialize_safetensors(f));
+  };
+  bad("bad_top_k", [](SafetensorsFile& f) { f.metadata["top_k"] = "two"; });
+  bad("bad_tokens", [](SafetensorsFile& f) { f.metadata["tokens_per_rank"] = "1,-2"; });
+  bad("bad_tokens_sum", [](SafetensorsFile& f) { f.metadata["tokens_per_rank"] = "9223372036854775807,1"; });
+  bad("bad_missing_expert", [](SafetensorsFile& f) { f.tensors.erase("experts.1.w2.bias"); });
+  bad("bad_extra_tensor", [](SafetensorsFile& f) {
+    f.tensors["experts.0.w3.weight"] = f.tensors.at("experts.0.w1.weight");
+  });
+  bad("bad_gate_rank", [](SafetensorsFile& f) { f.tensors.at("gate.weight").shape = {4}; });
 }
 
 std::string crc_text(const Bytes& bytes) {

@@ -1,15 +1,10 @@
 // libFuzzer target for the safetensors reader: any input must either parse or be rejected with
 // moe::FileError; every other exception, crash, leak or sanitizer report is a bug.
 //
-// Build and run from the repository root (clang 14 with libFuzzer; nlohmann-json is
-// header-only):
-//   clang++-14 -std=c++20 -g -O1 -fsanitize=fuzzer,address,undefined \
-//     -fno-sanitize-recover=undefined -I. runtime/safetensors.cpp tests/fuzz/fuzz_safetensors.cpp \
-//     -o fuzz_safetensors
-//   mkdir -p /tmp/st_corpus
-//   ./fuzz_safetensors -max_total_time=60 -max_len=4096 -dict=tests/fuzz/safetensors.dict \
-//     /tmp/st_corpus tests/fuzz/corpus/safetensors
-// New inputs go to the first directory, so the seed corpus in the repository stays as it is;
+// Built by the "fuzz" preset (tests/fuzz/CMakeLists.txt: clang 14, ASan+UBSan) and run for a
+// bounded time by tests/fuzz/run_fuzzers.sh, as CI does:
+//   cmake --preset fuzz && cmake --build --preset fuzz && tests/fuzz/run_fuzzers.sh build-fuzz 30
+// New inputs go to build-fuzz/fuzz-corpus/, so the seed corpus in the repository stays as it is;
 // tests/fuzz/make_safetensors_corpus.py regenerates that seed corpus.
 #include <cstddef>
 #include <cstdint>
