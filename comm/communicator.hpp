@@ -60,7 +60,7 @@ class Communicator {
   virtual void barrier() = 0;
 
   // How a blocking exchange waits for its peers. `spin` (the default) polls as MPI does: lowest
-  // latency. `sleep` polls a non-blocking exchange with yields and short sleeps, for a
+  // latency. `sleep` polls a non-blocking exchange, pausing with short sleeps, for a
   // communicator driven from a background thread that shares its core with computation (a
   // spinning wait would take that core from the compute it is meant to overlap). Applies to
   // alltoallv; other operations wait as the backend does.

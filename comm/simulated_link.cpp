@@ -88,6 +88,15 @@ void SimulatedLinkCommunicator::complete_no_earlier(Clock::time_point start,
   while (Clock::now() < deadline) std::this_thread::sleep_until(deadline);
 }
 
+// The modelled transfer time passes first, then the real operation delivers the data. In that
+// order the ranks' threads, which slept the same model, meet in the real operation at about the
+// same moment, so it completes at once: done the other way round, a thread that has finished its
+// sleep would wait inside MPI for a peer still sleeping, and on a core shared with computation
+// every such wait costs a scheduling round.
+void SimulatedLinkCommunicator::wait_for_link(std::size_t bytes) const {
+  complete_no_earlier(Clock::now(), bytes);
+}
+
 std::unique_ptr<Communicator> SimulatedLinkCommunicator::split(int color, int key) const {
   const auto start = Clock::now();
   std::unique_ptr<Communicator> sub = inner_.split(color, key);
@@ -100,47 +109,40 @@ void SimulatedLinkCommunicator::alltoallv(const std::byte* send,
                                           std::span<const std::size_t> send_bytes,
                                           std::byte* recv,
                                           std::span<const std::size_t> recv_bytes) {
-  const auto start = Clock::now();
+  wait_for_link(alltoallv_link_bytes(rank(), send_bytes, recv_bytes));
   inner_.alltoallv(send, send_bytes, recv, recv_bytes);
-  complete_no_earlier(start, alltoallv_link_bytes(rank(), send_bytes, recv_bytes));
 }
 
 void SimulatedLinkCommunicator::alltoall(const std::byte* send, std::byte* recv,
                                          std::size_t block_bytes) {
-  const auto start = Clock::now();
+  wait_for_link(alltoall_link_bytes(size(), block_bytes));
   inner_.alltoall(send, recv, block_bytes);
-  complete_no_earlier(start, alltoall_link_bytes(size(), block_bytes));
 }
 
 void SimulatedLinkCommunicator::allgather(const std::byte* send, std::byte* recv,
                                           std::size_t block_bytes) {
-  const auto start = Clock::now();
+  wait_for_link(allgather_link_bytes(size(), block_bytes));
   inner_.allgather(send, recv, block_bytes);
-  complete_no_earlier(start, allgather_link_bytes(size(), block_bytes));
 }
 
 void SimulatedLinkCommunicator::allreduce(std::span<float> data, ReduceOp op) {
-  const auto start = Clock::now();
+  wait_for_link(allreduce_link_bytes(size(), data.size_bytes()));
   inner_.allreduce(data, op);
-  complete_no_earlier(start, allreduce_link_bytes(size(), data.size_bytes()));
 }
 
 void SimulatedLinkCommunicator::allreduce(std::span<double> data, ReduceOp op) {
-  const auto start = Clock::now();
+  wait_for_link(allreduce_link_bytes(size(), data.size_bytes()));
   inner_.allreduce(data, op);
-  complete_no_earlier(start, allreduce_link_bytes(size(), data.size_bytes()));
 }
 
 void SimulatedLinkCommunicator::allreduce(std::span<std::int64_t> data, ReduceOp op) {
-  const auto start = Clock::now();
+  wait_for_link(allreduce_link_bytes(size(), data.size_bytes()));
   inner_.allreduce(data, op);
-  complete_no_earlier(start, allreduce_link_bytes(size(), data.size_bytes()));
 }
 
 void SimulatedLinkCommunicator::barrier() {
-  const auto start = Clock::now();
+  wait_for_link(0);
   inner_.barrier();
-  complete_no_earlier(start, 0);
 }
 
 }  // namespace moe::comm

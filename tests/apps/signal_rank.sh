@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
 # A rank stopped (SIGSTOP) or killed (SIGKILL) mid-run must end the whole job by itself, within a
 # bound, with a non-zero exit and a diagnostic — never a hang.
-#   signal_rank.sh SIGNAL LIMIT_SECONDS EXPECTED_TEXT MPIRUN ARGS...
-# Starts the job, waits for its "layer ready" line (the watchdog covers a running job, not MPI's
+#   signal_rank.sh SIGNAL LIMIT_SECONDS READY_TEXT EXPECTED_TEXT MPIRUN ARGS...
+# Starts the job, waits for READY_TEXT in its output (the watchdog covers a running job, not MPI's
 # own start-up), signals its last rank, and waits at most LIMIT_SECONDS for the job to end. On
 # failure the job is killed so the test itself never hangs.
 set -u
-signal=$1 limit=$2 expected=$3
-shift 3
+signal=$1 limit=$2 ready=$3 expected=$4
+shift 4
 log=$(mktemp)
 "$@" >"$log" 2>&1 &
 job=$!
 for _ in $(seq 1 600); do
-  grep -q "layer ready" "$log" && [ "$(pgrep -P "$job" | wc -l)" -ge 2 ] && break
+  grep -q -- "$ready" "$log" && [ "$(pgrep -P "$job" | wc -l)" -ge 2 ] && break
   sleep 0.1
 done
 sleep 1  # iterations under way
