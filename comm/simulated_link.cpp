@@ -109,40 +109,47 @@ void SimulatedLinkCommunicator::alltoallv(const std::byte* send,
                                           std::span<const std::size_t> send_bytes,
                                           std::byte* recv,
                                           std::span<const std::size_t> recv_bytes) {
-  wait_for_link(alltoallv_link_bytes(rank(), send_bytes, recv_bytes));
+  const auto start = Clock::now();
   inner_.alltoallv(send, send_bytes, recv, recv_bytes);
+  complete_no_earlier(start, alltoallv_link_bytes(rank(), send_bytes, recv_bytes));
 }
 
 void SimulatedLinkCommunicator::alltoall(const std::byte* send, std::byte* recv,
                                          std::size_t block_bytes) {
-  wait_for_link(alltoall_link_bytes(size(), block_bytes));
+  const auto start = Clock::now();
   inner_.alltoall(send, recv, block_bytes);
+  complete_no_earlier(start, alltoall_link_bytes(size(), block_bytes));
 }
 
 void SimulatedLinkCommunicator::allgather(const std::byte* send, std::byte* recv,
                                           std::size_t block_bytes) {
-  wait_for_link(allgather_link_bytes(size(), block_bytes));
+  const auto start = Clock::now();
   inner_.allgather(send, recv, block_bytes);
+  complete_no_earlier(start, allgather_link_bytes(size(), block_bytes));
 }
 
 void SimulatedLinkCommunicator::allreduce(std::span<float> data, ReduceOp op) {
-  wait_for_link(allreduce_link_bytes(size(), data.size_bytes()));
+  const auto start = Clock::now();
   inner_.allreduce(data, op);
+  complete_no_earlier(start, allreduce_link_bytes(size(), data.size_bytes()));
 }
 
 void SimulatedLinkCommunicator::allreduce(std::span<double> data, ReduceOp op) {
-  wait_for_link(allreduce_link_bytes(size(), data.size_bytes()));
+  const auto start = Clock::now();
   inner_.allreduce(data, op);
+  complete_no_earlier(start, allreduce_link_bytes(size(), data.size_bytes()));
 }
 
 void SimulatedLinkCommunicator::allreduce(std::span<std::int64_t> data, ReduceOp op) {
-  wait_for_link(allreduce_link_bytes(size(), data.size_bytes()));
+  const auto start = Clock::now();
   inner_.allreduce(data, op);
+  complete_no_earlier(start, allreduce_link_bytes(size(), data.size_bytes()));
 }
 
 void SimulatedLinkCommunicator::barrier() {
-  wait_for_link(0);
+  const auto start = Clock::now();
   inner_.barrier();
+  complete_no_earlier(start, 0);
 }
 
 }  // namespace moe::comm

@@ -127,7 +127,7 @@ void build_plan(const MoeConfig& config, int ep_size, std::span<const std::int32
     for (Index e = 0; e < num_experts; ++e) {
       if (e % plan.experts_per_rank == 0) plan.send_offsets[c * ep_size + e / plan.experts_per_rank] = row;
       block_start[c * num_experts + e] = row;
-      row += chunk_part_rows(list_length(e), c, chunks);
+      row += chunk_part(list_length(e), e % plan.experts_per_rank, plan.experts_per_rank, c, chunks).rows;
     }
   }
   plan.send_offsets.back() = row;
@@ -142,13 +142,15 @@ void build_plan(const MoeConfig& config, int ep_size, std::span<const std::int32
     for (Index j = 0; j < k; ++j) {
       const Index a = t * k + j;
       if (slot[a] < 0) continue;
-      // The chunk whose part of [0, n) holds this slot: parts are nearly equal, so start from
-      // the proportional guess and step to the right one.
+      // The chunk whose part of [0, n) holds this slot (C is small: a short search).
       const Index n = list_length(expert[a]);
-      int c = static_cast<int>(slot[a] * chunks / n);
-      while (chunk_part_begin(n, c + 1, chunks) <= slot[a]) ++c;
-      while (chunk_part_begin(n, c, chunks) > slot[a]) --c;
-      const Index r = block_start[c * num_experts + expert[a]] + slot[a] - chunk_part_begin(n, c, chunks);
+      const Index local_expert = expert[a] % plan.experts_per_rank;
+      int c = 0;
+      ChunkPart part = chunk_part(n, local_expert, plan.experts_per_rank, 0, chunks);
+      while (slot[a] >= part.begin + part.rows || slot[a] < part.begin) {
+        part = chunk_part(n, local_expert, plan.experts_per_rank, ++c, chunks);
+      }
+      const Index r = block_start[c * num_experts + expert[a]] + slot[a] - part.begin;
       slot[a] = r;
       plan.send_token[r] = t;
       any_kept = true;
@@ -170,7 +172,7 @@ void set_receive_counts(DispatchPlan& plan, std::span<const std::int64_t> recv_c
     for (int s = 0; s < ep_size; ++s) {
       plan.recv_offsets[c * ep_size + s] = row;
       for (Index e = 0; e < local; ++e) {
-        const Index rows = chunk_part_rows(recv_counts[s * local + e], c, chunks);
+        const Index rows = chunk_part(recv_counts[s * local + e], e, local, c, chunks).rows;
         row += rows;
         offsets[e + 1] += rows;
       }

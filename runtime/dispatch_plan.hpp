@@ -4,9 +4,8 @@
 // and backward, and every exchange strategy, read the same plan; this is what makes their results
 // agree by construction.
 //
-// Chunks (for overlapping exchanges with expert compute) split every (source rank, expert) list
-// of kept slots into num_chunks consecutive parts: part c of a list of n slots is
-// [n·c/C, n·(c+1)/C). Drops are decided before the split, so chunking never changes them. Every
+// Chunks (for overlapping exchanges with expert compute) follow the local experts: whole experts,
+// or parts of one expert's rows when there are more chunks than local experts (chunk_part below). Drops are decided before the split, so chunking never changes them. Every
 // layout is chunk-major, so one chunk's rows are contiguous everywhere:
 //   send     (chunk, destination rank, local expert, slot)
 //   receive  (chunk, source rank, local expert, slot)
@@ -76,10 +75,29 @@ struct DispatchPlan {
   std::vector<std::int64_t> scratch_bucket;
 };
 
-// Rows of a list of n slots that fall in chunk c of num_chunks: [n·c/C, n·(c+1)/C).
-inline std::int64_t chunk_part_begin(std::int64_t n, int c, int num_chunks) { return n * c / num_chunks; }
-inline std::int64_t chunk_part_rows(std::int64_t n, int c, int num_chunks) {
-  return chunk_part_begin(n, c + 1, num_chunks) - chunk_part_begin(n, c, num_chunks);
+// Which rows of a (source rank, local expert e) list of n slots belong to chunk c of C. Chunks
+// follow the local experts, so that each expert GEMM stays as large as the chunk count allows (a
+// GEMM on a few dozen rows runs well below the peak: packing the weights is paid per call):
+//   C < E_l (experts per rank): chunk c holds whole experts, those with e·C/E_l == c;
+//   C >= E_l: expert e owns the consecutive chunks [f(e), f(e+1)), f(e) = ceil(e·C/E_l), and its
+//     list is split evenly among them: part p of q is [n·p/q, n·(p+1)/q).
+struct ChunkPart {
+  std::int64_t begin = 0;  // first slot of the list in chunk c
+  std::int64_t rows = 0;
+};
+inline ChunkPart chunk_part(std::int64_t n, std::int64_t expert, std::int64_t experts_per_rank,
+                            int c, int num_chunks) {
+  const std::int64_t chunks = num_chunks;
+  if (chunks < experts_per_rank) {
+    const std::int64_t owner = expert * chunks / experts_per_rank;
+    return owner == c ? ChunkPart{0, n} : ChunkPart{owner < c ? n : 0, 0};
+  }
+  const auto first = [&](std::int64_t e) { return (e * chunks + experts_per_rank - 1) / experts_per_rank; };
+  const std::int64_t f = first(expert), q = first(expert + 1) - f;
+  if (c < f) return {0, 0};
+  if (c >= f + q) return {n, 0};
+  const std::int64_t p = c - f;
+  return {n * p / q, n * (p + 1) / q - n * p / q};
 }
 
 // Builds the source side from the router's choices (expert and weight are [T, k]). padded_slots

@@ -496,9 +496,9 @@ void MoeLayer::reduce_statistics(ForwardContext& ctx, double exchange_seconds) {
 
 // Pipelining C chunks costs about max(X, K) + min(X, K)/C + 2·C·λ for exchange time X, compute
 // time K and fixed cost λ of one exchange; the best C is near sqrt(min(X, K) / (2λ)). Chunks are
-// kept at 32 rows per expert or more, where the GEMMs still run near their peak. Chosen once, from
-// the first call; a later run may choose differently when its timings differ, so a run that must be
-// bitwise reproducible across runs sets a number.
+// kept at 256 rows per expert GEMM or more, where the GEMMs still run near their peak. Chosen
+// once, from the first call; a later run may choose differently when its timings differ, so a run
+// that must be bitwise reproducible across runs sets a number.
 void MoeLayer::choose_auto_chunks(double exchange, double compute, const ForwardStats& stats) {
   auto_pending_ = false;
   const double hidden = std::min(exchange, compute), longest = std::max(exchange, compute);
@@ -507,8 +507,9 @@ void MoeLayer::choose_auto_chunks(double exchange, double compute, const Forward
     const double best = std::sqrt(hidden / (2.0 * std::max(empty_exchange_seconds_, 1e-6)));
     std::int64_t kept = 0;
     for (auto n : stats.expert_kept) kept += n;
-    const std::int64_t rows_per_expert = kept / config_.num_experts;
-    const double most = std::max<double>(1.0, std::min<double>(16.0, static_cast<double>(rows_per_expert) / 32.0));
+    const double rows_per_expert = static_cast<double>(kept) / static_cast<double>(config_.num_experts);
+    const double local = static_cast<double>(experts_per_rank());
+    const double most = std::clamp(local * std::floor(rows_per_expert / 256.0), 1.0, 16.0);
     chunks = static_cast<int>(std::clamp(std::round(best), 1.0, most));
   }
   chunks_ = chunks;

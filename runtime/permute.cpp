@@ -49,10 +49,11 @@ void for_each_block(const DispatchPlan& plan, int c, Fn&& fn) {
   std::int64_t received = chunk_begin;
   for (int s = 0; s < plan.ep_size; ++s) {
     for (std::int64_t e = 0; e < local; ++e) {
-      const std::int64_t rows = chunk_part_rows(plan.recv_counts[s * local + e], c, plan.num_chunks);
+      const std::int64_t rows =
+          chunk_part(plan.recv_counts[s * local + e], e, local, c, plan.num_chunks).rows;
       std::int64_t expert_row = chunk_begin + expert_offsets[e];
       for (int earlier = 0; earlier < s; ++earlier) {
-        expert_row += chunk_part_rows(plan.recv_counts[earlier * local + e], c, plan.num_chunks);
+        expert_row += chunk_part(plan.recv_counts[earlier * local + e], e, local, c, plan.num_chunks).rows;
       }
       fn(received, expert_row, rows);
       received += rows;

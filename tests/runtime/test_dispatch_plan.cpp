@@ -128,3 +128,33 @@ TEST_CASE("kept assignments match the reference on every standard case", "[plan]
     }
   }
 }
+
+TEST_CASE("chunk parts cover every list exactly once, following the experts", "[plan][chunks]") {
+  for (std::int64_t local : {1, 2, 3, 4, 8}) {
+    for (int chunks : {1, 2, 3, 4, 5, 8, 16}) {
+      for (std::int64_t e = 0; e < local; ++e) {
+        for (std::int64_t n : {0, 1, 7, 64, 1000}) {
+          std::int64_t next = 0;
+          int owners = 0;
+          for (int c = 0; c < chunks; ++c) {
+            const ChunkPart part = chunk_part(n, e, local, c, chunks);
+            if (part.rows > 0) {
+              CHECK(part.begin == next);  // consecutive chunks take consecutive slots
+              next += part.rows;
+              ++owners;
+            }
+          }
+          CHECK(next == n);
+          // Fewer chunks than experts: whole experts; otherwise every expert owns a chunk.
+          if (n > 0 && chunks <= local) CHECK(owners == 1);
+        }
+      }
+      // Every chunk holds at least one expert's rows (no empty chunks when lists are non-empty).
+      for (int c = 0; c < chunks; ++c) {
+        bool any = false;
+        for (std::int64_t e = 0; e < local; ++e) any = any || chunk_part(10, e, local, c, chunks).rows > 0;
+        if (chunks <= 10 * local) CHECK(any);
+      }
+    }
+  }
+}
