@@ -88,15 +88,6 @@ void SimulatedLinkCommunicator::complete_no_earlier(Clock::time_point start,
   while (Clock::now() < deadline) std::this_thread::sleep_until(deadline);
 }
 
-// The modelled transfer time passes first, then the real operation delivers the data. In that
-// order the ranks' threads, which slept the same model, meet in the real operation at about the
-// same moment, so it completes at once: done the other way round, a thread that has finished its
-// sleep would wait inside MPI for a peer still sleeping, and on a core shared with computation
-// every such wait costs a scheduling round.
-void SimulatedLinkCommunicator::wait_for_link(std::size_t bytes) const {
-  complete_no_earlier(Clock::now(), bytes);
-}
-
 std::unique_ptr<Communicator> SimulatedLinkCommunicator::split(int color, int key) const {
   const auto start = Clock::now();
   std::unique_ptr<Communicator> sub = inner_.split(color, key);

@@ -13,13 +13,13 @@
 //   split       0 bytes: latency only (its colors and keys are a few bytes)
 // A communicator of one rank crosses no link: its operations add no delay at all.
 //
-// This thread first sleeps (std::this_thread::sleep_until on the steady clock, no spinning) for the
-// modeled time, then the wrapped operation delivers the data, so completion is at least entry +
-// model and a compute thread sharing the core keeps running while the exchange "travels". Sleeping
-// first means the ranks, which enter together, leave their sleeps together and find each other in
-// the real operation at once. What is not modeled: a peer's link (a rank that receives from a busy
-// sender is not slowed by it), and late peers (a late peer adds its lateness after the modeled
-// time). Sleeping overshoots by the kernel's timer slack (tens of µs on Linux), so the model
+// The wrapped operation runs first, then this thread sleeps (std::this_thread::sleep_until on the
+// steady clock, no spinning) until the modeled completion time, so completion is
+// max(real completion, entry + model) and a compute thread sharing the core keeps running while
+// the exchange "travels". What is not modeled: a peer's link (a rank that receives from a busy
+// sender is not slowed by it), and late peers (when ranks enter at different times, the real
+// operation's wait for the latest one counts toward the modeled time; the runtime's ranks enter
+// together). Sleeping overshoots by the kernel's timer slack (tens of µs on Linux), so the model
 // is meant for transfers of a few hundred µs and more.
 //
 // Thread safety: a decorator keeps no mutable state of its own, so it is exactly as safe as the
@@ -93,8 +93,6 @@ class SimulatedLinkCommunicator final : public Communicator {
  private:
   // Sleeps until `start` + the model's time for `bytes`; no delay on a one-rank communicator.
   void complete_no_earlier(std::chrono::steady_clock::time_point start, std::size_t bytes) const;
-  // Sleeps for the model's time for `bytes`, before the real operation runs.
-  void wait_for_link(std::size_t bytes) const;
 
   std::unique_ptr<Communicator> owned_;  // null when wrapping by reference
   Communicator& inner_;
