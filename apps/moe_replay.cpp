@@ -88,10 +88,14 @@ int replay(comm::MpiCommunicator& world, const Options& options) {
     layer_case = read_layer_case(options.case_path);
     const auto entries = static_cast<int>(layer_case.tokens_per_rank.size());
     if (entries * options.dp_size != world.size()) {
-      throw Error(options.case_path + ": tokens_per_rank has " + std::to_string(entries) +
-                  " entries but the job has " + std::to_string(world.size()) + " ranks; run it with mpirun -np " +
-                  std::to_string(entries * options.dp_size) +
-                  (options.dp_size > 1 ? " (entries x dp-size)" : ""));
+      std::string why = options.case_path + ": tokens_per_rank has " + std::to_string(entries) +
+                        " entries";
+      if (options.dp_size > 1) why += " and --dp-size is " + std::to_string(options.dp_size);
+      why += ", so the job needs " + std::to_string(entries * options.dp_size) + " ranks but has " +
+             std::to_string(world.size()) + "; run it with mpirun -np " +
+             std::to_string(entries * options.dp_size);
+      if (options.dp_size > 1) why += " (entries x dp-size)";
+      throw Error(why);
     }
   });
   ParallelGroups groups = ParallelGroups::create(world, world.size() / options.dp_size);
