@@ -166,14 +166,14 @@ const ForwardResult& MoeLayer::forward(std::span<const float> x, std::span<float
                                        ForwardContext& ctx) {
   ++calls_;
   PhaseTimer clock(ctx.result_.stats.phase_seconds);
-  plan_dispatch(x, y, ctx);
+  const std::string late_error = plan_dispatch(x, y, ctx);
   clock.lap(Phase::route);
 
   // The receive side's sizes are known only now: a rank that cannot grow its buffers says so
   // before anyone enters the payload exchange.
   const DispatchPlan& plan = ctx.plan_;
   set_phase("agree on receive buffers");
-  agree_on_errors(comm_, failure_of([&] { grow_receive_side(ctx); }));
+  agree_on_errors(comm_, late_error.empty() ? failure_of([&] { grow_receive_side(ctx); }) : late_error);
   gather_rows(plan, x, wire(send_wire_.data()));
   clock.lap(Phase::permute);
 
@@ -330,8 +330,8 @@ double MoeLayer::run_pipeline(ForwardContext& ctx, const std::byte* send, std::b
   return worker_->take_busy_seconds();
 }
 
-void MoeLayer::plan_dispatch(std::span<const float> x, std::span<const float> y,
-                             ForwardContext& ctx) {
+std::string MoeLayer::plan_dispatch(std::span<const float> x, std::span<const float> y,
+                                    ForwardContext& ctx) {
   const std::int64_t d = config_.d_model;
   const int p_size = ep_size();
   const std::int64_t local = experts_per_rank();
@@ -355,13 +355,14 @@ void MoeLayer::plan_dispatch(std::span<const float> x, std::span<const float> y,
     comm_.allreduce(std::span<std::int64_t>(agreed), comm::ReduceOp::max);
     if (agreed[0] != 0) raise_agreed_error(comm_, local_error);
     const std::int64_t slots = expert_capacity(config_, agreed[1]);
-    // Capacity grows with T, so `slots` holds every rank's kept rows; an allocation failure here
-    // is after the agreement and is caught by the receive-side agreement that follows.
-    build_plan(config_, p_size, ctx.router_.expert, ctx.router_.weight, num_tokens, chunks_, slots,
-               ctx.plan_);
-    recv_counts_.assign(static_cast<std::size_t>(p_size * local), slots);
-    set_receive_counts(ctx.plan_, recv_counts_);
-    return;
+    // Capacity grows with T, so `slots` holds every rank's kept rows. A failure here comes after
+    // the agreement: it is returned, and the receive-side agreement that follows reports it.
+    return failure_of([&] {
+      build_plan(config_, p_size, ctx.router_.expert, ctx.router_.weight, num_tokens, chunks_,
+                 slots, ctx.plan_);
+      recv_counts_.assign(static_cast<std::size_t>(p_size * local), slots);
+      set_receive_counts(ctx.plan_, recv_counts_);
+    });
   }
 
   if (local_error.empty()) {
@@ -394,7 +395,7 @@ void MoeLayer::plan_dispatch(std::span<const float> x, std::span<const float> y,
     std::copy_n(count_recv_.begin() + s * block + 1, local, recv_counts_.begin() + s * local);
   }
   if (any_error) raise_agreed_error(comm_, local_error);
-  set_receive_counts(ctx.plan_, recv_counts_);
+  return failure_of([&] { set_receive_counts(ctx.plan_, recv_counts_); });
 }
 
 // Each rank adds the gathered partial sums in rank order, so the losses

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "comm/communicator.hpp"
@@ -106,8 +107,9 @@ class MoeLayer {
   using ChunkWork = void (*)(MoeLayer& layer, ForwardContext& ctx, int c);
 
   // Route, capacity and drops, and the exchange of counts (or of the padded slot count). A local
-  // error travels with the counts, so every rank raises it together.
-  void plan_dispatch(std::span<const float> x, std::span<const float> y, ForwardContext& ctx);
+  // error travels with the counts, so every rank raises it together. Returns a failure met after
+  // that exchange ("" for none), for the next agreement to report.
+  std::string plan_dispatch(std::span<const float> x, std::span<const float> y, ForwardContext& ctx);
   // Sends chunk after chunk of `send` (send order) to the experts' ranks, runs `work` on each
   // chunk as it arrives, and brings the results back into `returned` (send order). Returns the
   // time spent in exchanges.
