@@ -1,21 +1,51 @@
 #!/usr/bin/env bash
-# Installs the Debian 12 packages moe-ep needs to build and test. Safe to run again: packages
-# already present are left alone. Runs as root, or through sudo otherwise.
-#   ./setup.sh          what building and testing need
-#   ./setup.sh --fuzz   also clang 14 and its libFuzzer/sanitizer runtime (the "fuzz" preset, CI)
+# Installs the Debian 12 packages moe-ep needs. Safe to run again: packages already present are left
+# alone. Runs as root, or through sudo otherwise. Installs with --no-install-recommends, so every
+# package a build step or script needs is named here, also those a dependency only recommends
+# (.ci/check_packages.sh proves the list against what the build really reads).
+#   ./setup.sh           building and testing (the two README commands)
+#   ./setup.sh --python  also the PyTorch side: apps/torch_baseline.py, the Python module moe_ep
+#   ./setup.sh --study   also matplotlib, for moe-sweep's plots
+#   ./setup.sh --fuzz    also clang 14 and its libFuzzer/sanitizer runtime (the "fuzz" preset)
+#   ./setup.sh --all     all of the above (what CI installs)
+#   ./setup.sh --list [OPTIONS]  print the package names that OPTIONS select, install nothing
 set -euo pipefail
 
-packages=(
+base=(
   build-essential cmake ninja-build
   openmpi-bin libopenmpi-dev          # the communicator
   libdnnl-dev                         # oneDNN: host GEMMs
+  ocl-icd-opencl-dev                  # Debian's oneDNN CMake config requires OpenCL (only recommended)
   libboost-program-options-dev        # command lines of the programs
   nlohmann-json3-dev                  # safetensors headers, JSON output
   zlib1g-dev                          # CRC-32 of checkpoint files
   catch2                              # tests
+  iproute2                            # multi-host tests: network namespaces, veth, tc
 )
-if [ "${1:-}" = "--fuzz" ]; then
-  packages+=(clang-14 libclang-rt-14-dev)  # libFuzzer targets of tests/fuzz
+python=(
+  python3-torch                       # apps/torch_baseline.py and the moe_ep module
+  libopenblas0-pthread                # torch falls back to the reference BLAS (~15x slower) without it
+  libtorch-dev pybind11-dev python3-pybind11 python3-dev  # building the moe_ep module
+  python3-numpy
+)
+study=(python3-matplotlib)            # moe-sweep's plots
+fuzz=(clang-14 libclang-rt-14-dev)    # libFuzzer targets of tests/fuzz
+
+packages=("${base[@]}")
+list_only=0
+for option in "$@"; do
+  case "$option" in
+    --python) packages+=("${python[@]}") ;;
+    --study) packages+=("${study[@]}") ;;
+    --fuzz) packages+=("${fuzz[@]}") ;;
+    --all) packages+=("${python[@]}" "${study[@]}" "${fuzz[@]}") ;;
+    --list) list_only=1 ;;
+    *) echo "setup: unknown option '$option' (known: --python --study --fuzz --all --list)" >&2; exit 2 ;;
+  esac
+done
+if [ "$list_only" -eq 1 ]; then
+  printf '%s\n' "${packages[@]}"
+  exit 0
 fi
 
 missing=()
