@@ -61,6 +61,31 @@ void draw_row(Rng& rng, const CaseSpec& spec, double* row) {
   if (spec.hot_expert) row[0] = as_float(1.0 + 0.1 * rng.normal());
 }
 
+// One expert (routed, or the shared one with hidden = d_shared_hidden); the draw order is that
+// of version 1.
+ExpertParams draw_expert(Rng& rng, const LayerConfig& cf, int64_t hidden) {
+  const int64_t d = cf.d_model;
+  const double sd = 1.0 / std::sqrt(static_cast<double>(d));
+  const double sh = 1.0 / std::sqrt(static_cast<double>(hidden));
+  const bool swiglu = cf.activation == "swiglu";
+  ExpertParams p;
+  p.w1 = draw(rng, hidden * d, sd);  // ~1/sqrt(fan_in), as a real init
+  if (!swiglu) p.b1 = draw(rng, hidden, 0.1);
+  p.w2 = draw(rng, d * hidden, sh);
+  if (!swiglu) p.b2 = draw(rng, d, 0.1);
+  if (swiglu) p.w3 = draw(rng, hidden * d, sd);
+  return p;
+}
+
+// Stream ids for mix(seed, id). 0 is the version-1 stream and rounds 1..kMaxRounds the redraws'
+// (mixed again with the row), so these sit far above them.
+constexpr std::uint64_t kScoreBiasStream = 0x5b1a5ULL << 32;
+constexpr std::uint64_t kSharedExpertStream = 0x54a3edULL << 32;
+// The selection bias against sigmoid scores in (0, 1) with logits of spread kGateSpread: enough
+// to change some tokens' choices (so a test sees q select and s weigh), small enough that the
+// router still follows the logits.
+constexpr double kScoreBiasSpread = 0.1;
+
 constexpr int kMaxRounds = 200;
 
 }  // namespace
@@ -71,6 +96,9 @@ LayerCase make_case(const CaseSpec& spec) {
   if (e_count < 1 || d < 1 || h < 1) {
     throw std::invalid_argument("moe::ref::make_case: num_experts, d_model, d_hidden >= 1");
   }
+  if (spec.with_score_bias && cf.gate != "sigmoid") {
+    throw std::invalid_argument("moe::ref::make_case: with_score_bias needs gate = sigmoid");
+  }
   int64_t t_count = 0;
   for (int64_t tr : spec.tokens_per_rank) t_count += tr;
 
@@ -79,22 +107,21 @@ LayerCase make_case(const CaseSpec& spec) {
   c.tokens_per_rank = spec.tokens_per_rank;
   Rng rng(mix(spec.seed, 0));
   const double sd = 1.0 / std::sqrt(static_cast<double>(d));
-  const double sh = 1.0 / std::sqrt(static_cast<double>(h));
   c.params.gate = draw(rng, e_count * d, kGateSpread * sd);
   if (spec.hot_expert) c.params.gate[0] = kHotLogit;
-  const bool swiglu = cf.activation == "swiglu";
-  for (int64_t e = 0; e < e_count; ++e) {
-    ExpertParams p;
-    p.w1 = draw(rng, h * d, sd);  // ~1/sqrt(fan_in), as a real init
-    if (!swiglu) p.b1 = draw(rng, h, 0.1);
-    p.w2 = draw(rng, d * h, sh);
-    if (!swiglu) p.b2 = draw(rng, d, 0.1);
-    if (swiglu) p.w3 = draw(rng, h * d, sd);
-    c.params.experts.push_back(std::move(p));
-  }
+  for (int64_t e = 0; e < e_count; ++e) c.params.experts.push_back(draw_expert(rng, cf, h));
   c.input.resize(static_cast<size_t>(t_count * d));
   for (int64_t t = 0; t < t_count; ++t) draw_row(rng, spec, &c.input[static_cast<size_t>(t * d)]);
   if (spec.with_grad_output) c.grad_output = draw(rng, t_count * d, 1.0);
+  // Version-2 tensors from streams of their own: the draws above stay those of version 1.
+  if (spec.with_score_bias) {
+    Rng bias_rng(mix(spec.seed, kScoreBiasStream));
+    c.params.score_bias = draw(bias_rng, e_count, kScoreBiasSpread);
+  }
+  if (cf.d_shared_hidden > 0) {
+    Rng shared_rng(mix(spec.seed, kSharedExpertStream));
+    c.params.shared_expert = draw_expert(shared_rng, cf, cf.d_shared_hidden);
+  }
 
   // SPEC §9: no two scores within 1e-6 at a top-k or capacity boundary. Redraw only the rows
   // whose decisions are too close, each round from its own stream, until every margin is clear.

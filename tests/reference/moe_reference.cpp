@@ -1,15 +1,13 @@
-// The float64 reference of SPEC.md, sections 3-8, applied rank by rank in one process.
+// The float64 reference of SPEC.md, sections 5-8: experts, output, auxiliary losses and the
+// backward pass, on top of the routing of reference_router.cpp.
 #include "tests/reference/moe_reference.hpp"
 
 #include "tests/reference/reference_internal.hpp"
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <numbers>
-#include <numeric>
 #include <utility>
-#include <stdexcept>
 
 namespace moe::ref {
 namespace {
@@ -18,43 +16,6 @@ using std::int64_t;
 using std::size_t;
 
 size_t idx(int64_t i) { return static_cast<size_t>(i); }
-
-void require(bool ok, const std::string& what) {
-  if (!ok) throw std::invalid_argument("moe::ref: " + what);
-}
-
-bool is_swiglu(const LayerConfig& c) { return c.activation == "swiglu"; }
-
-void validate(const LayerCase& c) {
-  const LayerConfig& cf = c.config;
-  const int64_t e = cf.num_experts, d = cf.d_model, h = cf.d_hidden;
-  require(e >= 1 && d >= 1 && h >= 1, "num_experts, d_model and d_hidden must be >= 1");
-  require(cf.top_k >= 1 && cf.top_k <= e, "top_k must be in [1, num_experts] (SPEC 1)");
-  require(cf.min_capacity >= 0, "min_capacity must be >= 0");
-  require(cf.drop_policy == "position" || cf.drop_policy == "score",
-          "drop_policy must be position or score (SPEC 4)");
-  require(cf.activation == "gelu" || cf.activation == "gelu_tanh" || cf.activation == "relu" ||
-              cf.activation == "silu" || cf.activation == "swiglu",
-          "unknown activation '" + cf.activation + "' (SPEC 5)");
-  require(!c.tokens_per_rank.empty(), "tokens_per_rank needs one entry per rank");
-  int64_t t = 0;
-  for (int64_t tr : c.tokens_per_rank) {
-    require(tr >= 0, "tokens_per_rank entries must be >= 0");
-    t += tr;
-  }
-  require(c.input.size() == idx(t * d), "input must be [T, d]");
-  require(c.grad_output.empty() || c.grad_output.size() == idx(t * d),
-          "grad_output must be [T, d] or empty");
-  require(c.params.gate.size() == idx(e * d), "gate must be [E, d]");
-  require(c.params.experts.size() == idx(e), "need one ExpertParams per expert");
-  const bool swiglu = is_swiglu(cf);
-  for (const ExpertParams& p : c.params.experts) {
-    require(p.w1.size() == idx(h * d) && p.w2.size() == idx(d * h), "w1 [h, d], w2 [d, h]");
-    require(p.b1.size() == (swiglu ? 0 : idx(h)) && p.b2.size() == (swiglu ? 0 : idx(d)),
-            "b1 [h] and b2 [d], absent for swiglu (SPEC 2)");
-    require(p.w3.size() == (swiglu ? idx(h * d) : 0), "w3 [h, d] only for swiglu (SPEC 2)");
-  }
-}
 
 // SPEC §5 activations with their derivatives.
 struct ActValue {
@@ -90,12 +51,13 @@ ExpertParams zeros_like(const ExpertParams& p) {
           std::vector<double>(p.w3.size())};
 }
 
-// One expert on one token row (SPEC §5): y = f_e(x). When gy is given, also the backward of
-// gy·f_e(x): accumulates into dx and dp.
-void expert_apply(const LayerConfig& cf, const ExpertParams& p, const double* x, double* y,
-                  const double* gy, double* dx, ExpertParams* dp) {
-  const size_t d = idx(cf.d_model), h = idx(cf.d_hidden);
-  const bool swiglu = is_swiglu(cf);
+// One expert with hidden size `hidden` (d_hidden, or d_shared_hidden for the shared expert) on
+// one token row (SPEC §5): y = f(x). When gy is given, also the backward of gy·f(x):
+// accumulates into dx and dp.
+void expert_apply(const LayerConfig& cf, int64_t hidden, const ExpertParams& p, const double* x,
+                  double* y, const double* gy, double* dx, ExpertParams* dp) {
+  const size_t d = idx(cf.d_model), h = idx(hidden);
+  const bool swiglu = detail::is_swiglu(cf);
   std::vector<double> a1(h), a3(swiglu ? h : 0), g(h), gact(h);
   for (size_t i = 0; i < h; ++i) {
     double s1 = swiglu ? 0.0 : p.b1[i], s3 = 0.0;
@@ -143,129 +105,189 @@ void expert_apply(const LayerConfig& cf, const ExpertParams& p, const double* x,
   }
 }
 
-}  // namespace
-
-std::optional<int64_t> capacity(const LayerConfig& config, int64_t tokens) {
-  if (config.capacity_factor <= 0) return std::nullopt;  // dropless (SPEC 4)
-  if (tokens == 0) return 0;
-  // In double, left to right as SPEC 4 writes it: capacity_factor * T_r * k / E.
-  const double raw = config.capacity_factor * static_cast<double>(tokens) *
-                     static_cast<double>(config.top_k) / static_cast<double>(config.num_experts);
-  return std::max(config.min_capacity, static_cast<int64_t>(std::ceil(raw)));
-}
-
-namespace detail {
-
-Routing route(const LayerCase& c) {
-  validate(c);
-  const LayerConfig& cf = c.config;
-  const int64_t e_count = cf.num_experts, d = cf.d_model, k = cf.top_k;
-  const int64_t t_count = static_cast<int64_t>(c.input.size()) / d;
-  const size_t ne = idx(e_count), nk = idx(k);
-
-  Routing r;
-  r.probs.resize(idx(t_count) * ne);
-  r.lse.resize(idx(t_count));
-  r.choices.resize(idx(t_count) * nk);
-  r.weights.resize(idx(t_count) * nk);
-  r.kept.assign(idx(t_count) * nk, false);
-  r.counts.assign(ne, 0);
-  r.kept_counts.assign(ne, 0);
-  r.min_margin = std::numeric_limits<double>::infinity();
-  r.token_margin.assign(idx(t_count), std::numeric_limits<double>::infinity());
-
-  // SPEC §3: logits, softmax, top-k (ties to the smaller expert index), normalize_topk.
-  std::vector<int64_t> order(ne);
-  for (size_t t = 0; t < idx(t_count); ++t) {
-    const double* x = &c.input[t * idx(d)];
-    double* p = &r.probs[t * ne];
-    for (size_t e = 0; e < ne; ++e) {
-      double z = 0;
-      for (size_t l = 0; l < idx(d); ++l) z += x[l] * c.params.gate[e * idx(d) + l];
-      p[e] = z;
-    }
-    const double zmax = *std::max_element(p, p + ne);
-    double sum = 0;
-    for (size_t e = 0; e < ne; ++e) sum += (p[e] = std::exp(p[e] - zmax));
-    for (size_t e = 0; e < ne; ++e) p[e] /= sum;
-    r.lse[t] = zmax + std::log(sum);
-
-    std::iota(order.begin(), order.end(), int64_t{0});
-    const auto before = [p](int64_t a, int64_t b) {
-      return p[a] > p[b] || (p[a] == p[b] && a < b);
-    };
-    const size_t ranked = std::min(nk + 1, ne);  // the (k+1)-th decides the margin
-    std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(ranked),
-                      order.end(), before);
-    if (nk < ne) r.token_margin[t] = p[order[nk - 1]] - p[order[nk]];
-    r.min_margin = std::min(r.min_margin, r.token_margin[t]);
-
-    double sel_sum = 0;
-    for (size_t j = 0; j < nk; ++j) sel_sum += p[order[j]];
+void count_drops(const detail::Routing& rt, size_t nk, LayerResult& res) {
+  const size_t t_count = rt.kept.size() / nk;
+  for (size_t t = 0; t < t_count; ++t) {
+    bool any_kept = false;
     for (size_t j = 0; j < nk; ++j) {
-      const int64_t e = order[j];
-      r.choices[t * nk + j] = e;
-      ++r.counts[idx(e)];
-      // With k = 1 the normalized weight is exactly 1 (SPEC 8), not p / p.
-      r.weights[t * nk + j] = !cf.normalize_topk ? p[e] : (k == 1 ? 1.0 : p[e] / sel_sum);
-    }
-  }
-
-  // SPEC §4: each source rank decides capacity and drops for its own tokens.
-  const bool by_score = cf.drop_policy == "score";
-  int64_t offset = 0;
-  for (int64_t tr : c.tokens_per_rank) {
-    const std::optional<int64_t> cap = capacity(cf, tr);
-    // Assignment a = t*k + j of this rank's tokens, in the policy's ranking order.
-    std::vector<int64_t> assignments(idx(tr * k));
-    std::iota(assignments.begin(), assignments.end(), offset * k);
-    if (by_score) {
-      // Weight descending; ties by smaller t, then smaller j, i.e. smaller a.
-      std::sort(assignments.begin(), assignments.end(), [&](int64_t a, int64_t b) {
-        const double wa = r.weights[idx(a)], wb = r.weights[idx(b)];
-        return wa > wb || (wa == wb && a < b);
-      });
-    } else {
-      // By choice j, then token t.
-      std::sort(assignments.begin(), assignments.end(), [k](int64_t a, int64_t b) {
-        return std::pair(a % k, a / k) < std::pair(b % k, b / k);
-      });
-    }
-    std::vector<int64_t> used(ne, 0);
-    std::vector<double> last_kept(ne, 0.0);
-    std::vector<bool> cut_seen(ne, false);
-    for (int64_t a : assignments) {
-      const size_t e = idx(r.choices[idx(a)]);
-      const double w = r.weights[idx(a)];
-      if (!cap || used[e] < *cap) {
-        ++used[e];
-        r.kept[idx(a)] = true;
-        last_kept[e] = w;
-      } else if (by_score && !cut_seen[e] && used[e] > 0) {
-        cut_seen[e] = true;
-        // With normalize_topk and k = 1 every key is exactly 1: the ties are exact and the
-        // SPEC's tie rule decides them, so there is no rounding-sensitive margin.
-        if (!(cf.normalize_topk && k == 1)) {
-          const double gap = last_kept[e] - w;
-          r.min_margin = std::min(r.min_margin, gap);
-          const size_t t = idx(a / k);
-          r.token_margin[t] = std::min(r.token_margin[t], gap);
-        }
+      if (rt.kept[t * nk + j]) {
+        any_kept = true;
+      } else {
+        ++res.dropped_assignments;
       }
     }
-    for (size_t e = 0; e < ne; ++e) r.kept_counts[e] += used[e];
-    offset += tr;
+    if (!any_kept) ++res.dropped_tokens;
   }
-  return r;
 }
 
-}  // namespace detail
+// SPEC §7, over all T tokens of the group; both 0 when T = 0. Returns f_e, which the backward
+// pass holds constant.
+std::vector<double> aux_losses(const LayerConfig& cf, const detail::Routing& rt,
+                               LayerResult& res) {
+  const size_t ne = idx(cf.num_experts), t_count = rt.lse.size();
+  const double t_double = static_cast<double>(t_count);
+  std::vector<double> f(ne, 0.0), mean_p(ne, 0.0);
+  if (t_count == 0) return f;
+  for (size_t e = 0; e < ne; ++e) {
+    f[e] = static_cast<double>(rt.counts[e]) / (t_double * static_cast<double>(cf.top_k));
+    for (size_t t = 0; t < t_count; ++t) mean_p[e] += rt.probs[t * ne + e];
+    mean_p[e] /= t_double;
+    res.aux_loss += f[e] * mean_p[e];
+  }
+  res.aux_loss *= cf.aux_loss_coef * static_cast<double>(cf.num_experts);
+  double zsum = 0;
+  for (double l : rt.lse) zsum += l * l;
+  res.z_loss = cf.z_loss_coef * zsum / t_double;
+  return f;
+}
+
+LayerGrads zero_grads(const LayerCase& c) {
+  LayerGrads g;
+  g.input.assign(c.input.size(), 0.0);
+  g.params.gate.assign(c.params.gate.size(), 0.0);
+  for (const ExpertParams& p : c.params.experts) g.params.experts.push_back(zeros_like(p));
+  if (c.params.shared_expert) g.params.shared_expert = zeros_like(*c.params.shared_expert);
+  return g;  // score_bias stays empty: a buffer, no gradient (SPEC 8)
+}
+
+// SPEC §5-§6, routed experts: y_t += Σ_{kept j} w_{t,j} f_e(x_t); with grads, the backward of
+// that path alongside. Returns dL/dw_{t,j} = dy_t · f_e(x_t) ([T, k]) for the router.
+std::vector<double> routed_experts(const LayerCase& c, const detail::Routing& rt,
+                                   LayerResult& res, LayerGrads* grads) {
+  const LayerConfig& cf = c.config;
+  const size_t nd = idx(cf.d_model), nk = idx(cf.top_k), t_count = rt.lse.size();
+  std::vector<double> gw(t_count * nk, 0.0);
+  std::vector<double> fx(nd), gy(nd);
+  for (size_t t = 0; t < t_count; ++t) {
+    const double* x = &c.input[t * nd];
+    for (size_t j = 0; j < nk; ++j) {
+      if (!rt.kept[t * nk + j]) continue;  // a dropped assignment contributes nothing
+      const size_t e = idx(rt.choices[t * nk + j]);
+      const double w = rt.weights[t * nk + j];
+      const ExpertParams& p = c.params.experts[e];
+      if (grads != nullptr) {
+        const double* dy = &c.grad_output[t * nd];
+        for (size_t o = 0; o < nd; ++o) gy[o] = w * dy[o];
+        expert_apply(cf, cf.d_hidden, p, x, fx.data(), gy.data(), &grads->input[t * nd],
+                     &grads->params.experts[e]);
+        double dot = 0;
+        for (size_t o = 0; o < nd; ++o) dot += dy[o] * fx[o];
+        gw[t * nk + j] = dot;
+      } else {
+        expert_apply(cf, cf.d_hidden, p, x, fx.data(), nullptr, nullptr, nullptr);
+      }
+      for (size_t o = 0; o < nd; ++o) res.output[t * nd + o] += w * fx[o];
+    }
+  }
+  return gw;
+}
+
+// SPEC §5-§6, the shared expert: y_t += f_s(x_t) for every token, dropped or not.
+void shared_expert(const LayerCase& c, LayerResult& res, LayerGrads* grads) {
+  if (!c.params.shared_expert) return;
+  const LayerConfig& cf = c.config;
+  const size_t nd = idx(cf.d_model), t_count = c.input.size() / nd;
+  std::vector<double> fx(nd);
+  for (size_t t = 0; t < t_count; ++t) {
+    const double* x = &c.input[t * nd];
+    if (grads != nullptr) {
+      expert_apply(cf, cf.d_shared_hidden, *c.params.shared_expert, x, fx.data(),
+                   &c.grad_output[t * nd], &grads->input[t * nd], &*grads->params.shared_expert);
+    } else {
+      expert_apply(cf, cf.d_shared_hidden, *c.params.shared_expert, x, fx.data(), nullptr,
+                   nullptr, nullptr);
+    }
+    for (size_t o = 0; o < nd; ++o) res.output[t * nd + o] += fx[o];
+  }
+}
+
+// dL/ds of one token through its weights w_j = rsf · n_j(s) (SPEC 3), added into gs [E].
+void weights_backward(const LayerConfig& cf, const double* s, const int64_t* choices,
+                      const double* weights, const double* gw, std::vector<double>& gs) {
+  const size_t nk = idx(cf.top_k);
+  const double rsf = cf.routed_scaling_factor;
+  if (!cf.normalize_topk) {
+    for (size_t j = 0; j < nk; ++j) gs[idx(choices[j])] += rsf * gw[j];
+  } else if (nk > 1) {
+    // w_j = rsf s_j / S, S = Σ_i s_i over all k choices (kept or not, since normalization
+    // precedes dropping): dL/ds_i = (rsf gw_i - Σ_j gw_j w_j) / S.
+    double sum = 0, dot = 0;
+    for (size_t j = 0; j < nk; ++j) {
+      sum += s[idx(choices[j])];
+      dot += gw[j] * weights[j];
+    }
+    for (size_t j = 0; j < nk; ++j) gs[idx(choices[j])] += (rsf * gw[j] - dot) / sum;
+  }  // normalize_topk with k = 1: the weight is the constant rsf, gradient exactly zero.
+}
+
+// dL/dz of one token from dL/ds, through the gate's nonlinearity, plus the z-loss.
+// gp_aux [E] is d L_aux / d p_{t,e}, the same for every token.
+void scores_backward(const LayerConfig& cf, const detail::Routing& rt, size_t t,
+                     const std::vector<double>& gp_aux, std::vector<double>& gs,
+                     std::vector<double>& gz) {
+  const size_t ne = idx(cf.num_experts);
+  const double* s = &rt.scores[t * ne];
+  const double t_double = static_cast<double>(rt.lse.size());
+  // d/dz_e (lse²) = 2 lse softmax(z)_e.
+  const double zscale = cf.z_loss_coef * 2.0 * rt.lse[t] / t_double;
+  if (!detail::is_sigmoid(cf)) {
+    // p = s = softmax(z): one softmax backward for the weights, the aux loss and the z-loss.
+    for (size_t e = 0; e < ne; ++e) gs[e] += gp_aux[e];
+    double sg = 0;
+    for (size_t e = 0; e < ne; ++e) sg += s[e] * gs[e];
+    for (size_t e = 0; e < ne; ++e) gz[e] = s[e] * (gs[e] - sg) + zscale * s[e];
+    return;
+  }
+  // p = s / Σ s: dL/ds_i += (gp_i - Σ_e gp_e p_e) / Σ s.
+  const double* p = &rt.probs[t * ne];
+  double total = 0, pg = 0;
+  for (size_t e = 0; e < ne; ++e) {
+    total += s[e];
+    pg += p[e] * gp_aux[e];
+  }
+  for (size_t e = 0; e < ne; ++e) gs[e] += (gp_aux[e] - pg) / total;
+  const double* z = &rt.logits[t * ne];
+  for (size_t e = 0; e < ne; ++e) {
+    gz[e] = gs[e] * s[e] * (1.0 - s[e]) + zscale * std::exp(z[e] - rt.lse[t]);
+  }
+}
+
+// SPEC §8, router path. No gradient through the top-k or group selection, f_e, or into the
+// selection bias.
+void router_backward(const LayerCase& c, const detail::Routing& rt, const std::vector<double>& f,
+                     const std::vector<double>& gw, LayerGrads& grads) {
+  const LayerConfig& cf = c.config;
+  const size_t ne = idx(cf.num_experts), nd = idx(cf.d_model), nk = idx(cf.top_k);
+  const size_t t_count = rt.lse.size();
+  const double t_double = static_cast<double>(t_count);
+  // Load-balancing loss: d/dp_{t,e} of coef * E * Σ_e f_e P_e.
+  std::vector<double> gp_aux(ne);
+  for (size_t e = 0; e < ne; ++e) {
+    gp_aux[e] = cf.aux_loss_coef * static_cast<double>(cf.num_experts) * f[e] / t_double;
+  }
+  std::vector<double> gs(ne), gz(ne);
+  for (size_t t = 0; t < t_count; ++t) {
+    std::fill(gs.begin(), gs.end(), 0.0);
+    weights_backward(cf, &rt.scores[t * ne], &rt.choices[t * nk], &rt.weights[t * nk],
+                     &gw[t * nk], gs);
+    scores_backward(cf, rt, t, gp_aux, gs, gz);
+    // z = x gateᵀ.
+    const double* x = &c.input[t * nd];
+    for (size_t e = 0; e < ne; ++e) {
+      for (size_t l = 0; l < nd; ++l) {
+        grads.input[t * nd + l] += gz[e] * c.params.gate[e * nd + l];
+        grads.params.gate[e * nd + l] += gz[e] * x[l];
+      }
+    }
+  }
+}
+
+}  // namespace
 
 LayerResult run_reference(const LayerCase& c) {
   const detail::Routing rt = detail::route(c);
   const LayerConfig& cf = c.config;
-  const int64_t e_count = cf.num_experts, d = cf.d_model, k = cf.top_k;
-  const size_t ne = idx(e_count), nd = idx(d), nk = idx(k);
+  const size_t nd = idx(cf.d_model), nk = idx(cf.top_k);
   const size_t t_count = c.input.size() / nd;
   // An empty grad_output means forward only, except when T = 0: then it is the [0, d] tensor and
   // the (zero) gradients are well defined.
@@ -279,104 +301,17 @@ LayerResult run_reference(const LayerCase& c) {
   res.weights = rt.weights;
   res.kept = rt.kept;
   res.min_margin = rt.min_margin;
-  for (size_t t = 0; t < t_count; ++t) {
-    bool any_kept = false;
-    for (size_t j = 0; j < nk; ++j) {
-      if (rt.kept[t * nk + j]) {
-        any_kept = true;
-      } else {
-        ++res.dropped_assignments;
-      }
-    }
-    if (!any_kept) ++res.dropped_tokens;
-  }
+  res.score_bias_updated = updated_score_bias(cf, c.params.score_bias, rt.counts);
+  count_drops(rt, nk, res);
+  const std::vector<double> f = aux_losses(cf, rt, res);
 
-  // SPEC §7, over all T tokens of the group; both 0 when T = 0.
-  const double t_double = static_cast<double>(t_count);
-  std::vector<double> f(ne, 0.0), mean_p(ne, 0.0);
-  if (t_count > 0) {
-    for (size_t e = 0; e < ne; ++e) {
-      f[e] = static_cast<double>(rt.counts[e]) / (t_double * static_cast<double>(k));
-      for (size_t t = 0; t < t_count; ++t) mean_p[e] += rt.probs[t * ne + e];
-      mean_p[e] /= t_double;
-      res.aux_loss += f[e] * mean_p[e];
-    }
-    res.aux_loss *= cf.aux_loss_coef * static_cast<double>(e_count);
-    double zsum = 0;
-    for (double l : rt.lse) zsum += l * l;
-    res.z_loss = cf.z_loss_coef * zsum / t_double;
-  }
-
-  LayerGrads grads;
-  if (with_grads) {
-    grads.input.assign(t_count * nd, 0.0);
-    grads.params.gate.assign(ne * nd, 0.0);
-    for (const ExpertParams& p : c.params.experts) grads.params.experts.push_back(zeros_like(p));
-  }
-
-  // SPEC §5-§6: y_t = Σ_{kept j} w_{t,j} f_e(x_t); backward of the expert path alongside,
-  // which also yields dL/dw_{t,j} = dy_t · f_e(x_t) for the router.
-  std::vector<double> gw(t_count * nk, 0.0);
-  std::vector<double> fx(nd), gy(nd);
-  for (size_t t = 0; t < t_count; ++t) {
-    const double* x = &c.input[t * nd];
-    for (size_t j = 0; j < nk; ++j) {
-      if (!rt.kept[t * nk + j]) continue;  // a dropped assignment contributes nothing
-      const size_t e = idx(rt.choices[t * nk + j]);
-      const double w = rt.weights[t * nk + j];
-      if (with_grads) {
-        const double* dy = &c.grad_output[t * nd];
-        for (size_t o = 0; o < nd; ++o) gy[o] = w * dy[o];
-        expert_apply(cf, c.params.experts[e], x, fx.data(), gy.data(), &grads.input[t * nd],
-                     &grads.params.experts[e]);
-        double dot = 0;
-        for (size_t o = 0; o < nd; ++o) dot += dy[o] * fx[o];
-        gw[t * nk + j] = dot;
-      } else {
-        expert_apply(cf, c.params.experts[e], x, fx.data(), nullptr, nullptr, nullptr);
-      }
-      for (size_t o = 0; o < nd; ++o) res.output[t * nd + o] += w * fx[o];
-    }
-  }
-
-  if (with_grads) {
-    // SPEC §8, router path. No gradient through the top-k selection or f_e.
-    std::vector<double> gp(ne), gz(ne);
-    for (size_t t = 0; t < t_count; ++t) {
-      const double* p = &rt.probs[t * ne];
-      std::fill(gp.begin(), gp.end(), 0.0);
-      if (!cf.normalize_topk) {
-        for (size_t j = 0; j < nk; ++j) gp[idx(rt.choices[t * nk + j])] += gw[t * nk + j];
-      } else if (k > 1) {
-        // w_j = p_j / s, s = Σ_i p_i over all k choices (kept or not, since normalization
-        // precedes dropping): dL/dp_i = (gw_i - Σ_j gw_j w_j) / s.
-        double s = 0, dot = 0;
-        for (size_t j = 0; j < nk; ++j) {
-          s += p[idx(rt.choices[t * nk + j])];
-          dot += gw[t * nk + j] * rt.weights[t * nk + j];
-        }
-        for (size_t j = 0; j < nk; ++j) {
-          gp[idx(rt.choices[t * nk + j])] += (gw[t * nk + j] - dot) / s;
-        }
-      }  // normalize_topk with k = 1: the weight is the constant 1, gradient exactly zero.
-      // Load-balancing loss: d/dp_{t,e} of coef * E * Σ_e f_e P_e.
-      for (size_t e = 0; e < ne; ++e) {
-        gp[e] += cf.aux_loss_coef * static_cast<double>(e_count) * f[e] / t_double;
-      }
-      // Softmax backward, plus the z-loss: d/dz_e (lse²) = 2 lse p_e.
-      double pg = 0;
-      for (size_t e = 0; e < ne; ++e) pg += p[e] * gp[e];
-      const double zscale = cf.z_loss_coef * 2.0 * rt.lse[t] / t_double;
-      for (size_t e = 0; e < ne; ++e) gz[e] = p[e] * (gp[e] - pg) + zscale * p[e];
-      // z = x gateᵀ.
-      const double* x = &c.input[t * nd];
-      for (size_t e = 0; e < ne; ++e) {
-        for (size_t l = 0; l < nd; ++l) {
-          grads.input[t * nd + l] += gz[e] * c.params.gate[e * nd + l];
-          grads.params.gate[e * nd + l] += gz[e] * x[l];
-        }
-      }
-    }
+  std::optional<LayerGrads> grads;
+  if (with_grads) grads = zero_grads(c);
+  LayerGrads* g = grads ? &*grads : nullptr;
+  const std::vector<double> gw = routed_experts(c, rt, res, g);
+  shared_expert(c, res, g);
+  if (g != nullptr) {
+    router_backward(c, rt, f, gw, *g);
     res.grads = std::move(grads);
   }
   return res;
