@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <numeric>
 #include <stdexcept>
@@ -120,6 +121,14 @@ double take_largest(std::vector<int64_t>& items, const std::vector<double>& key,
   return key[idx(items[n - 1])] - key[idx(items[n])];
 }
 
+// A group's score (SPEC 3): the sum of its min(2, n) largest selection scores, the largest first.
+double score_of_group(std::vector<double>::const_iterator first, int64_t n) {
+  std::vector<double> members(first, first + n);
+  const auto top = std::min<std::ptrdiff_t>(2, n);
+  std::partial_sort(members.begin(), members.begin() + top, members.end(), std::greater<>());
+  return std::accumulate(members.begin(), members.begin() + top, 0.0);
+}
+
 // SPEC 3, group-limited routing: the experts of the M groups with the largest group scores (the
 // sum of a group's min(2, E/G) largest q), in ascending expert order. *margin gets the M-th minus
 // the (M+1)-th group score (infinity when M = G: nothing is decided).
@@ -133,11 +142,7 @@ std::vector<int64_t> selectable_experts(const LayerConfig& cf, const std::vector
   if (m < g_count) {
     std::vector<double> group_score(idx(g_count));
     for (int64_t g = 0; g < g_count; ++g) {
-      std::vector<double> members(q.begin() + g * per_group, q.begin() + (g + 1) * per_group);
-      const size_t top = std::min<size_t>(2, members.size());
-      std::partial_sort(members.begin(), members.begin() + static_cast<std::ptrdiff_t>(top),
-                        members.end(), std::greater<>());
-      group_score[idx(g)] = std::accumulate(members.begin(), members.begin() + static_cast<std::ptrdiff_t>(top), 0.0);
+      group_score[idx(g)] = score_of_group(q.begin() + g * per_group, per_group);
     }
     *margin = take_largest(groups, group_score, idx(m));
     groups.resize(idx(m));
@@ -318,8 +323,8 @@ Routing route(const LayerCase& c) {
       z[e] = sum;
     }
     score_row(cf, z, ne, &r.scores[t * ne], &r.probs[t * ne], &r.lse[t]);
-    r.token_margin[t] =
-        route_row(cf, c.params.score_bias, &r.scores[t * ne], &r.choices[t * nk], &r.weights[t * nk]);
+    r.token_margin[t] = route_row(cf, c.params.score_bias, &r.scores[t * ne],
+                                  &r.choices[t * nk], &r.weights[t * nk]);
     r.min_margin = std::min(r.min_margin, r.token_margin[t]);
     for (size_t j = 0; j < nk; ++j) ++r.counts[idx(r.choices[t * nk + j])];
   }
