@@ -76,7 +76,9 @@ struct LayerResult {
   double aux_loss = 0, z_loss = 0;
   std::vector<std::int64_t> expert_counts, expert_kept;  // [E], before / after dropping
   std::int64_t dropped_assignments = 0;
-  std::int64_t dropped_tokens = 0;  // tokens with every assignment dropped
+  // Tokens with every routed assignment dropped (SPEC 10); with a shared expert they still get
+  // f_s(x), but they count here all the same.
+  std::int64_t dropped_tokens = 0;
   // Routing of global token row t: choice j is expert choices[t*k + j] with weight
   // weights[t*k + j] (the final w of SPEC 3: after normalize_topk and routed_scaling_factor,
   // before dropping) and kept[t*k + j] says whether the capacity cut kept it.

@@ -1178,6 +1178,25 @@ TEST_CASE("reference v2: malformed version-2 cases are rejected", "[reference][v
                   std::invalid_argument);
 }
 
+TEST_CASE("reference v2: T = 0 with every version-2 feature on", "[reference][v2]") {
+  CaseSpec spec = deepseek_v3_like_spec();
+  spec.tokens_per_rank = {0, 0};
+  const LayerCase c = make_case(spec);
+  const LayerResult r = run_reference(c);
+  CHECK(r.output.empty());
+  CHECK(r.aux_loss == 0.0);
+  CHECK(r.z_loss == 0.0);
+  CHECK(r.expert_counts == std::vector<int64_t>(16, 0));
+  // Every count equals the mean 0: sign(0) = 0 leaves the bias as it was.
+  CHECK(r.score_bias_updated == c.params.score_bias);
+  REQUIRE(r.grads);
+  REQUIRE(r.grads->params.shared_expert);
+  const ExpertParams& g = *r.grads->params.shared_expert;
+  CHECK(g.w1.size() == 4u * 5u);
+  CHECK(g.w3.size() == 4u * 5u);
+  CHECK(std::all_of(g.w2.begin(), g.w2.end(), [](double v) { return v == 0.0; }));
+}
+
 // ---------------------------------------------------------------------------------------------
 // The generator on version-2 configs.
 
