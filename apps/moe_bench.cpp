@@ -189,7 +189,7 @@ int bench(comm::MpiCommunicator& world, const Options& o) {
 
     // Floors, right after, with this call's shapes.
     const auto first = r.stats.expert_kept.begin() + layer.first_expert();
-    const std::vector<std::int64_t> rows(first, first + layer.experts_per_rank());
+    const std::vector<std::int64_t> rows(first, first + layer.local_experts());
     double floor_t[3] = {0, 0, 0};
     world.barrier();
     start = Clock::now();

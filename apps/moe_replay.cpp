@@ -115,6 +115,7 @@ int replay(comm::MpiCommunicator& world, const Options& options) {
   std::vector<float> y(x.size());
   ForwardContext ctx;
   const ForwardResult& result = layer.forward(x, y, ctx);
+  layer.update_selection_bias(result);
 
   // Only ep rank 0 holds the gathered tensors (and world rank 0 writes them).
   SafetensorsFile out;
@@ -145,6 +146,16 @@ int replay(comm::MpiCommunicator& world, const Options& options) {
             std::span<const float>(all).subspan(static_cast<std::size_t>(e) * per_expert, per_expert));
       }
     }
+    // The shared expert's gradient is replicated after the reduction, like the router's.
+    const experts::ExpertShard& shared = layer.shared_expert_grads();
+    for (std::int64_t e = 0; e < shared.num_experts(); ++e) {
+      for (std::string_view param : experts::expert_param_names(layer_case.config.activation)) {
+        put(std::string(kSharedPrefix) + std::string(param) + ".grad", shared.param_shape(param), shared.param(e, param));
+      }
+    }
+  }
+  if (layer_case.config.gate == GateKind::sigmoid) {
+    put(std::string(kSelectionBias), {layer_case.config.num_experts}, layer.selection_bias());
   }
 
   collectively(world, [&] {

@@ -61,7 +61,7 @@ TrainModel::TrainModel(const ModelConfig& config, ParallelGroups& groups, comm::
       MoeLayer& layer = *block->moe;
       params_.push_back({prefix + "moe.gate.weight", {c.num_experts, d}, layer.gate_weight(),
                          layer.gate_weight_grad(), false});
-      for (std::int64_t e = 0; e < layer.experts_per_rank(); ++e) {
+      for (std::int64_t e = 0; e < layer.local_experts(); ++e) {
         const std::string expert =
             prefix + "moe.experts." + std::to_string(layer.first_expert() + e) + ".";
         for (std::string_view p : experts::expert_param_names(c.activation)) {

@@ -23,57 +23,12 @@ void grow(std::vector<T>& v, Index n) {
   if (static_cast<Index>(v.size()) < n) v.resize(static_cast<std::size_t>(n));
 }
 
-// Position policy (GShard): all first choices in token order, then all second choices, ...; each
-// expert keeps its first `capacity` assignments. `slot` receives each assignment's rank within its
-// expert, or -1 when dropped.
-void keep_by_position(std::span<const std::int32_t> expert, Index num_tokens, Index k,
-                      Index capacity, std::vector<Index>& kept, std::vector<Index>& slot) {
-  for (Index j = 0; j < k; ++j) {
-    for (Index t = 0; t < num_tokens; ++t) {
-      const Index a = t * k + j;
-      Index& n = kept[static_cast<std::size_t>(expert[a])];
-      if (capacity < 0 || n < capacity) {
-        slot[a] = n++;
-      } else {
-        slot[a] = -1;
-      }
-    }
-  }
-}
-
-// Score policy: within each expert, assignments ranked by weight descending, ties by smaller token,
-// then smaller choice. Assignments are bucketed by expert (counting sort), each bucket sorted.
-void keep_by_score(std::span<const std::int32_t> expert, std::span<const float> weight,
-                   Index num_tokens, Index k, Index num_experts, Index capacity,
-                   std::vector<Index>& kept, std::vector<Index>& slot, DispatchPlan& plan) {
-  const Index num_assign = num_tokens * k;
-  std::vector<Index>& start = plan.scratch_bucket;  // [E+1] bucket starts
-  start.assign(static_cast<std::size_t>(num_experts + 1), 0);
-  for (Index a = 0; a < num_assign; ++a) ++start[static_cast<std::size_t>(expert[a] + 1)];
-  for (Index e = 0; e < num_experts; ++e) start[e + 1] += start[e];
-  grow(plan.scratch_order, num_assign);
-  std::vector<Index>& order = plan.scratch_order;
-  for (Index a = 0; a < num_assign; ++a) order[start[expert[a]] + kept[expert[a]]++] = a;
-  std::fill(kept.begin(), kept.end(), 0);
-
-  for (Index e = 0; e < num_experts; ++e) {
-    auto first = order.begin() + start[e];
-    auto last = order.begin() + start[e + 1];
-    // A total order (weight, then assignment index = (t, j)), so plain sort is deterministic and,
-    // unlike stable_sort, needs no temporary buffer.
-    std::sort(first, last, [&](Index a, Index b) {
-      return weight[a] > weight[b] || (weight[a] == weight[b] && a < b);
-    });
-    Index n = 0;
-    for (auto it = first; it != last; ++it) {
-      if (capacity < 0 || n < capacity) {
-        slot[*it] = n++;
-      } else {
-        slot[*it] = -1;
-      }
-    }
-    kept[e] = n;
-  }
+// Chunk c's part of a list of n slots of global expert e, owned by another rank or this one.
+ChunkPart part_of(const DispatchPlan& plan, Index e, Index n, int c) {
+  const Index owner = owner_of_expert(e, plan.num_experts, plan.ep_size);
+  const Index first = first_expert_of(owner, plan.num_experts, plan.ep_size);
+  return chunk_part(n, e - first, num_experts_of(owner, plan.num_experts, plan.ep_size), c,
+                    plan.num_chunks);
 }
 
 }  // namespace
@@ -90,9 +45,36 @@ std::int64_t DispatchPlan::recv_rows_from(int s) const {
   return rows;
 }
 
-void build_plan(const MoeConfig& config, int ep_size, std::span<const std::int32_t> expert,
-                std::span<const float> weight, Index num_tokens, int num_chunks,
-                Index padded_slots, DispatchPlan& plan) {
+void rank_assignments(const MoeConfig& config, std::span<const std::int32_t> expert,
+                      std::span<const float> weight, Index num_tokens, DispatchPlan& plan) {
+  const Index k = config.top_k, num_experts = config.num_experts, num_assign = num_tokens * k;
+  // Bucket the assignments by expert (a counting sort). Visiting them choice-major, token-minor
+  // leaves each bucket in the position policy's order (GShard: all first choices in token order,
+  // then all second choices, ...).
+  std::vector<Index>& start = plan.order_start;
+  start.assign(static_cast<std::size_t>(num_experts + 1), 0);
+  for (Index a = 0; a < num_assign; ++a) ++start[static_cast<std::size_t>(expert[a] + 1)];
+  for (Index e = 0; e < num_experts; ++e) start[e + 1] += start[e];
+  grow(plan.order, num_assign);
+  std::vector<Index>& fill = plan.scratch_bucket;
+  fill.assign(start.begin(), start.end() - 1);
+  for (Index j = 0; j < k; ++j) {
+    for (Index t = 0; t < num_tokens; ++t) plan.order[fill[expert[t * k + j]]++] = t * k + j;
+  }
+  if (config.drop_policy == DropPolicy::position) return;
+  // Score policy: by weight descending, ties by smaller token, then smaller choice. A total order
+  // on (weight, assignment index t*k+j), so plain sort is deterministic and, unlike stable_sort,
+  // needs no temporary buffer.
+  for (Index e = 0; e < num_experts; ++e) {
+    std::sort(plan.order.begin() + start[e], plan.order.begin() + start[e + 1], [&](Index a, Index b) {
+      return weight[a] > weight[b] || (weight[a] == weight[b] && a < b);
+    });
+  }
+}
+
+void build_plan(const MoeConfig& config, int ep_size, int ep_rank, std::span<const std::int32_t> expert,
+                Index num_tokens, int num_chunks, Index padded_slots,
+                std::span<const Index> expert_caps, DispatchPlan& plan) {
   const Index k = config.top_k;
   const Index num_experts = config.num_experts;
   const Index num_assign = num_tokens * k;
@@ -100,19 +82,23 @@ void build_plan(const MoeConfig& config, int ep_size, std::span<const std::int32
   plan.top_k = k;
   plan.num_experts = num_experts;
   plan.ep_size = ep_size;
-  plan.experts_per_rank = num_experts / ep_size;
+  plan.ep_rank = ep_rank;
+  plan.local_experts = num_experts_of(ep_rank, num_experts, ep_size);
   plan.capacity = expert_capacity(config, num_tokens);
   plan.num_chunks = num_chunks;
   plan.padded_slots = padded_slots;
 
+  // Each expert keeps a prefix of its list; send_row holds first the slot within the expert's
+  // kept list (-1: dropped), then the row in the send buffer.
   plan.kept.assign(static_cast<std::size_t>(num_experts), 0);
   grow(plan.send_row, num_assign);
-  std::vector<Index>& slot = plan.send_row;  // first the slot within the expert, then the row
-  if (config.drop_policy == DropPolicy::position) {
-    keep_by_position(expert, num_tokens, k, plan.capacity, plan.kept, slot);
-  } else {
-    keep_by_score(expert, weight, num_tokens, k, num_experts, plan.capacity, plan.kept, slot,
-                  plan);
+  std::vector<Index>& slot = plan.send_row;
+  for (Index e = 0; e < num_experts; ++e) {
+    const Index listed = plan.order_start[e + 1] - plan.order_start[e];
+    const Index cap = expert_caps.empty() ? plan.capacity : expert_caps[e];
+    const Index keep = cap < 0 ? listed : std::min(listed, cap);
+    plan.kept[e] = keep;
+    for (Index i = 0; i < listed; ++i) slot[plan.order[plan.order_start[e] + i]] = i < keep ? i : -1;
   }
 
   // Send buffer, chunk-major: block_start[c*E + e] is the first row of expert e's part c of its
@@ -124,11 +110,15 @@ void build_plan(const MoeConfig& config, int ep_size, std::span<const std::int32
   plan.send_offsets.assign(static_cast<std::size_t>(chunks * ep_size + 1), 0);
   Index row = 0;
   for (int c = 0; c < chunks; ++c) {
+    // A rank without experts receives nothing: its block starts where the next one does.
+    int next_rank = 0;
     for (Index e = 0; e < num_experts; ++e) {
-      if (e % plan.experts_per_rank == 0) plan.send_offsets[c * ep_size + e / plan.experts_per_rank] = row;
+      const Index owner = owner_of_expert(e, num_experts, ep_size);
+      while (next_rank <= owner) plan.send_offsets[c * ep_size + next_rank++] = row;
       block_start[c * num_experts + e] = row;
-      row += chunk_part(list_length(e), e % plan.experts_per_rank, plan.experts_per_rank, c, chunks).rows;
+      row += part_of(plan, e, list_length(e), c).rows;
     }
+    while (next_rank < ep_size) plan.send_offsets[c * ep_size + next_rank++] = row;
   }
   plan.send_offsets.back() = row;
   grow(plan.send_token, row);
@@ -143,14 +133,11 @@ void build_plan(const MoeConfig& config, int ep_size, std::span<const std::int32
       const Index a = t * k + j;
       if (slot[a] < 0) continue;
       // The chunk whose part of [0, n) holds this slot (C is small: a short search).
-      const Index n = list_length(expert[a]);
-      const Index local_expert = expert[a] % plan.experts_per_rank;
+      const Index e = expert[a], n = list_length(e);
       int c = 0;
-      ChunkPart part = chunk_part(n, local_expert, plan.experts_per_rank, 0, chunks);
-      while (slot[a] >= part.begin + part.rows || slot[a] < part.begin) {
-        part = chunk_part(n, local_expert, plan.experts_per_rank, ++c, chunks);
-      }
-      const Index r = block_start[c * num_experts + expert[a]] + slot[a] - part.begin;
+      ChunkPart part = part_of(plan, e, n, 0);
+      while (slot[a] >= part.begin + part.rows || slot[a] < part.begin) part = part_of(plan, e, n, ++c);
+      const Index r = block_start[c * num_experts + e] + slot[a] - part.begin;
       slot[a] = r;
       plan.send_token[r] = t;
       any_kept = true;
@@ -160,7 +147,7 @@ void build_plan(const MoeConfig& config, int ep_size, std::span<const std::int32
 }
 
 void set_receive_counts(DispatchPlan& plan, std::span<const std::int64_t> recv_counts) {
-  const Index local = plan.experts_per_rank;
+  const Index local = plan.local_experts;
   const int ep_size = plan.ep_size;
   const int chunks = plan.num_chunks;
   plan.recv_counts.assign(recv_counts.begin(), recv_counts.end());

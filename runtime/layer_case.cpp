@@ -79,7 +79,7 @@ LayerCase layer_case_from_file(SafetensorsFile file, const std::string& source_n
     auto tokens = file.metadata.find("tokens_per_rank");
     if (tokens == file.metadata.end()) throw Error("metadata 'tokens_per_rank' is missing");
     c.tokens_per_rank = parse_tokens_per_rank(tokens->second);
-    c.config.options_from_metadata(file.metadata);
+    c.config.options_from_metadata(file.metadata, {"tokens_per_rank"});
 
     // Shapes come from the tensors: gate.weight is [E, d], experts.0.w1.weight is [h, d].
     auto gate = file.tensors.find("gate.weight");
@@ -97,9 +97,16 @@ LayerCase layer_case_from_file(SafetensorsFile file, const std::string& source_n
                   ", expected [d_hidden, d_model]");
     }
     c.config.d_hidden = w1->second.shape[0];
-    // The expert-parallel size is checked against the run's rank count by the caller; validate
-    // everything else now with a size every E is divisible by.
-    c.config.validate(1);
+    // A shared expert is there when its parameters are (SPEC.md section 5).
+    auto shared = file.tensors.find(std::string(kSharedPrefix) + "w1.weight");
+    if (shared != file.tensors.end()) {
+      if (shared->second.shape.size() != 2 || shared->second.shape[0] < 1) {
+        throw Error("tensor 'shared_expert.w1.weight' has shape " + shape_string(shared->second.shape) +
+                    ", expected [d_shared_hidden, d_model]");
+      }
+      c.config.d_shared_hidden = shared->second.shape[0];
+    }
+    c.config.validate();
 
     const std::int64_t d = c.config.d_model;
     const std::int64_t total = c.total_tokens();
@@ -118,13 +125,28 @@ LayerCase layer_case_from_file(SafetensorsFile file, const std::string& source_n
         expected.insert(name);
       }
     }
+    if (c.config.has_shared_expert()) {
+      experts::ExpertShard shared_shapes(0, {d, c.config.d_shared_hidden, c.config.activation});
+      for (std::string_view param : experts::expert_param_names(c.config.activation)) {
+        const std::string name = std::string(kSharedPrefix) + std::string(param);
+        expect_f32(file, name, shared_shapes.param_shape(param));
+        expected.insert(name);
+      }
+    }
+    // The selection bias is optional (zeros when absent) and belongs to the sigmoid gate only.
+    if (c.config.gate == GateKind::sigmoid && file.tensors.count(std::string(kSelectionBias))) {
+      expect_f32(file, std::string(kSelectionBias), {c.config.num_experts});
+      expected.insert(std::string(kSelectionBias));
+    }
     // A tensor the layer has no use for means the case is not what its author thinks (for
     // example w3 with a non-gated activation): refuse it rather than ignore it.
     for (const auto& [name, tensor] : file.tensors) {
       if (!expected.count(name)) {
-        throw Error("tensor '" + name + "' is not a parameter of this layer (activation " +
+        throw Error("tensor '" + name + "' is not a parameter of this layer (gate " +
+                    std::string(to_string(c.config.gate)) + ", activation " +
                     std::string(experts::to_string(c.config.activation)) + ", " +
-                    std::to_string(c.config.num_experts) + " experts)");
+                    std::to_string(c.config.num_experts) + " experts" +
+                    (c.config.has_shared_expert() ? ", a shared expert" : ", no shared expert") + ")");
       }
     }
     c.file = std::move(file);
@@ -161,11 +183,21 @@ void load_parameters(const LayerCase& layer_case, MoeLayer& layer) {
   const auto& tensors = layer_case.file.tensors;
   const auto gate = tensors.at("gate.weight").f32();
   std::copy(gate.begin(), gate.end(), layer.gate_weight().begin());
+  if (auto bias = tensors.find(std::string(kSelectionBias)); bias != tensors.end()) {
+    std::copy(bias->second.f32().begin(), bias->second.f32().end(), layer.selection_bias().begin());
+  }
   experts::ExpertShard& shard = layer.experts();
+  const auto names = experts::expert_param_names(layer_case.config.activation);
   for (std::int64_t e = 0; e < shard.num_experts(); ++e) {
-    for (std::string_view param : experts::expert_param_names(layer_case.config.activation)) {
+    for (std::string_view param : names) {
       const auto values = tensors.at(expert_tensor(layer.first_expert() + e, param)).f32();
       std::copy(values.begin(), values.end(), shard.param(e, param).begin());
+    }
+  }
+  for (std::int64_t e = 0; e < layer.shared_expert().num_experts(); ++e) {
+    for (std::string_view param : names) {
+      const auto values = tensors.at(std::string(kSharedPrefix) + std::string(param)).f32();
+      std::copy(values.begin(), values.end(), layer.shared_expert().param(e, param).begin());
     }
   }
 }

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <span>
+#include <string_view>
 #include <vector>
 
 #include "runtime/config.hpp"
@@ -13,6 +14,10 @@
 namespace moe {
 
 class MoeLayer;
+
+// SPEC.md section 2 names of the selection bias and the shared expert's parameters' prefix.
+inline constexpr std::string_view kSelectionBias = "gate.e_score_correction_bias";
+inline constexpr std::string_view kSharedPrefix = "shared_expert.";
 
 struct LayerCase {
   MoeConfig config;                         // shapes from the tensors, options from the metadata

@@ -65,13 +65,17 @@ std::string failure_of(Body&& body) {
 MoeLayer::MoeLayer(const MoeConfig& config, comm::Communicator& ep_comm)
     : config_(config), comm_(ep_comm) {
   set_phase("construction");
-  collectively(comm_, [&] { config_.validate(comm_.size()); });
+  collectively(comm_, [&] { config_.validate(); });
   check_consistency();
   gate_weight_.assign(static_cast<std::size_t>(config_.num_experts * config_.d_model), 0.0f);
+  selection_bias_.assign(static_cast<std::size_t>(config_.num_experts), 0.0f);
   experts_ = experts::ExpertShard(
-      experts_per_rank(), {config_.d_model, config_.d_hidden, config_.activation});
+      local_experts(), {config_.d_model, config_.d_hidden, config_.activation});
+  shared_expert_ = experts::ExpertShard(
+      config_.has_shared_expert() ? 1 : 0, {config_.d_model, config_.d_shared_hidden, config_.activation});
   gate_weight_grad_.assign(gate_weight_.size(), 0.0f);
   expert_grads_ = experts::ExpertShard(experts_.num_experts(), experts_.shape());
+  shared_expert_grads_ = experts::ExpertShard(shared_expert_.num_experts(), shared_expert_.shape());
 
   chunks_ = config_.overlap_chunks > 0 ? static_cast<int>(config_.overlap_chunks) : 1;
   auto_pending_ = config_.overlap_chunks == 0;
@@ -88,10 +92,16 @@ MoeLayer::MoeLayer(const MoeConfig& config, comm::Communicator& ep_comm)
     comm_.allreduce(std::span<double>(&best, 1), comm::ReduceOp::max);
     empty_exchange_seconds_ = best;
   }
-  if (chunks_ > 1) start_worker();
+  // The shared expert needs no remote rows: it is computed while the dispatch travels, so the
+  // exchanges then run on the communication thread even with one chunk.
+  if (chunks_ > 1 || config_.has_shared_expert()) start_worker();
 }
 
 MoeLayer::~MoeLayer() = default;
+
+void MoeLayer::update_selection_bias(const ForwardResult& result) {
+  moe::update_selection_bias(selection_bias_, result.stats.expert_counts, config_.bias_update_rate);
+}
 
 void MoeLayer::check_consistency() {
   // One hash per field; ranks whose hash differs from rank 0's say their value, and the agreed
@@ -144,6 +154,13 @@ void MoeLayer::grow_receive_side(ForwardContext& ctx) {
     grow(saved.hidden_act, hidden);
     if (experts::is_gated(config_.activation)) grow(saved.hidden_gate, hidden);
   }
+  if (config_.has_shared_expert()) {
+    const std::int64_t hidden = plan.num_tokens * config_.d_shared_hidden;
+    grow(ctx.shared_ffn_.hidden_pre, hidden);
+    grow(ctx.shared_ffn_.hidden_act, hidden);
+    if (experts::is_gated(config_.activation)) grow(ctx.shared_ffn_.hidden_gate, hidden);
+    grow(shared_rows_, plan.num_tokens * d);
+  }
 }
 
 // Collective (the split).
@@ -156,6 +173,7 @@ void MoeLayer::start_worker() {
 void MoeLayer::zero_grad() {
   std::fill(gate_weight_grad_.begin(), gate_weight_grad_.end(), 0.0f);
   expert_grads_.set_zero();
+  shared_expert_grads_.set_zero();
 }
 
 std::size_t MoeLayer::wire_row_bytes() const {
@@ -177,10 +195,21 @@ const ForwardResult& MoeLayer::forward(std::span<const float> x, std::span<float
   gather_rows(plan, x, wire(send_wire_.data()));
   clock.lap(Phase::permute);
 
+  const std::int64_t d = config_.d_model;
+  shared_offsets_ = {0, plan.num_tokens};
+  const auto shared_forward = [&] {
+    if (!config_.has_shared_expert()) return;
+    experts::ffn_forward(shared_expert_, x, shared_offsets_, rows(shared_rows_, 0, plan.num_tokens, d),
+                         ctx.shared_ffn_);
+    clock.lap(Phase::experts);
+  };
   const double exchange_seconds =
       run_pipeline(ctx, send_wire_.data(), ctx.returned_.data(), &MoeLayer::forward_chunk, clock,
-                   "dispatch", "return");
+                   "dispatch", "return", shared_forward);
   combine_rows(plan, ctx.router_.weight, wire(ctx.returned_.data()), y);
+  if (config_.has_shared_expert()) {
+    for (std::int64_t i = 0; i < plan.num_tokens * d; ++i) y[static_cast<std::size_t>(i)] += shared_rows_[static_cast<std::size_t>(i)];
+  }
   clock.lap(Phase::combine);
 
   reduce_statistics(ctx, exchange_seconds);
@@ -210,6 +239,7 @@ void MoeLayer::backward(std::span<const float> x, std::span<const float> dy, std
       grow(expert_rows_, plan.num_recv_rows() * d);
       grow(expert_grad_rows_, plan.num_recv_rows() * d);
       grow(d_logits_, plan.num_tokens * config_.num_experts);
+      if (config_.has_shared_expert()) grow(shared_rows_, plan.num_tokens * d);
     });
   }
   set_phase("backward: agree on inputs");
@@ -223,11 +253,21 @@ void MoeLayer::backward(std::span<const float> x, std::span<const float> dy, std
 
   // The gradient of each expert output travels the dispatch route and the input gradient comes
   // back into the same buffer: chunk c's return lands where chunk c's dispatch already left.
+  shared_offsets_ = {0, plan.num_tokens};
+  const auto shared_backward = [&] {
+    if (!config_.has_shared_expert()) return;
+    experts::ffn_backward(shared_expert_, x, shared_offsets_, ctx.shared_ffn_, dy,
+                          rows(shared_rows_, 0, plan.num_tokens, d), shared_expert_grads_);
+    clock.lap(Phase::experts);
+  };
   ctx.backward_exchange_seconds_ =
       run_pipeline(ctx, send_wire_.data(), send_wire_.data(), &MoeLayer::backward_chunk, clock,
-                   "backward: gradients to experts", "backward: gradients back");
+                   "backward: gradients to experts", "backward: gradients back", shared_backward);
 
   gather_rows_backward(plan, wire(send_wire_.data()), dx);
+  if (config_.has_shared_expert()) {
+    for (std::int64_t i = 0; i < plan.num_tokens * d; ++i) dx[static_cast<std::size_t>(i)] += shared_rows_[static_cast<std::size_t>(i)];
+  }
   clock.lap(Phase::permute);
 
   const RouterLossGrad losses{ctx.result_.stats.expert_counts, ctx.result_.stats.total_tokens,
@@ -262,9 +302,10 @@ void MoeLayer::backward_chunk(MoeLayer& layer, ForwardContext& ctx, int c) {
   from_expert_order(plan, c, layer.expert_rows_, received);
 }
 
+template <class InFlight>
 double MoeLayer::run_pipeline(ForwardContext& ctx, const std::byte* send, std::byte* returned,
                               ChunkWork work, PhaseTimer& timer, const char* out_phase,
-                              const char* back_phase) {
+                              const char* back_phase, InFlight&& in_flight) {
   const DispatchPlan& plan = ctx.plan_;
   const int chunks = plan.num_chunks;
   const auto p_size = static_cast<std::size_t>(ep_size());
@@ -293,6 +334,7 @@ double MoeLayer::run_pipeline(ForwardContext& ctx, const std::byte* send, std::b
 
   if (!worker_) {
     // One chunk: the exchanges run here, nothing to overlap.
+    in_flight();
     const auto start = Clock::now();
     comm_.set_context(out_context);
     comm_.alltoallv(send, out_bytes(0), recv, in_bytes(0));
@@ -317,6 +359,7 @@ double MoeLayer::run_pipeline(ForwardContext& ctx, const std::byte* send, std::b
     tickets_[static_cast<std::size_t>(c)] =
         worker_->post({send + send_at(c), out_bytes(c), recv + recv_at(c), in_bytes(c), out_context});
   }
+  in_flight();
   for (int c = 0; c < chunks; ++c) {
     worker_->wait(tickets_[static_cast<std::size_t>(c)]);
     timer.lap(Phase::exchange);
@@ -334,55 +377,78 @@ std::string MoeLayer::plan_dispatch(std::span<const float> x, std::span<const fl
                                     ForwardContext& ctx) {
   const std::int64_t d = config_.d_model;
   const int p_size = ep_size();
-  const std::int64_t local = experts_per_rank();
+  const std::int64_t local = local_experts();
+  RouterOutput& router = ctx.router_;
+  DispatchPlan& plan = ctx.plan_;
   std::string local_error = check_shapes(x, y, d);
   if (local_error.empty() && config_.check_finite) local_error = first_non_finite("input", x, d);
   std::int64_t num_tokens = local_error.empty() ? static_cast<std::int64_t>(x.size()) / d : 0;
   // Anything that fails here (an allocation, say) travels with the counts like a bad shape.
   if (local_error.empty()) {
-    local_error = failure_of([&] { route(config_, gate_weight_, x, num_tokens, ctx.router_); });
+    local_error = failure_of([&] {
+      route(config_, gate_weight_, selection_bias_, x, num_tokens, router);
+      rank_assignments(config_, router.expert, router.weight, num_tokens, plan);
+    });
   }
   if (!local_error.empty()) {
     num_tokens = 0;
-    route(config_, gate_weight_, {}, 0, ctx.router_);
+    route(config_, gate_weight_, selection_bias_, {}, 0, router);
+    rank_assignments(config_, router.expert, router.weight, 0, plan);
+  }
+
+  // Capacity over the whole group: decided before anything moves (runtime/global_capacity.hpp);
+  // every rank's error is raised there.
+  std::span<const std::int64_t> caps;
+  const bool global = config_.capacity_scope == CapacityScope::global && !config_.dropless();
+  if (global) {
+    set_phase("global capacity");
+    global_capacity_.decide(comm_, config_, router, plan, local_error);
+    caps = global_capacity_.caps();
   }
 
   if (config_.exchange == ExchangeKind::padded) {
-    // No count exchange: every list is padded to the capacity of the largest batch of the group,
-    // learned (with any rank's error) from one two-integer all-reduce.
-    std::int64_t agreed[2] = {local_error.empty() ? 0 : 1, num_tokens};
-    set_phase("padded slot count");
-    comm_.allreduce(std::span<std::int64_t>(agreed), comm::ReduceOp::max);
-    if (agreed[0] != 0) raise_agreed_error(comm_, local_error);
-    const std::int64_t slots = expert_capacity(config_, agreed[1]);
-    // Capacity grows with T, so `slots` holds every rank's kept rows. A failure here comes after
-    // the agreement: it is returned, and the receive-side agreement that follows reports it.
+    // No count exchange: every list is padded to the largest capacity of the group: that of the
+    // largest batch, learned (with any rank's error) from one two-integer all-reduce, or the
+    // group's own with global capacity.
+    std::int64_t slots = 0;
+    if (global) {
+      slots = global_capacity_.capacity();
+    } else {
+      std::int64_t agreed[2] = {local_error.empty() ? 0 : 1, num_tokens};
+      set_phase("padded slot count");
+      comm_.allreduce(std::span<std::int64_t>(agreed), comm::ReduceOp::max);
+      if (agreed[0] != 0) raise_agreed_error(comm_, local_error);
+      slots = expert_capacity(config_, agreed[1]);
+    }
+    // A failure here comes after the agreement: it is returned, and the receive-side agreement
+    // that follows reports it.
     return failure_of([&] {
-      build_plan(config_, p_size, ctx.router_.expert, ctx.router_.weight, num_tokens, chunks_,
-                 slots, ctx.plan_);
+      build_plan(config_, p_size, ep_rank(), router.expert, num_tokens, chunks_, slots, caps, plan);
       recv_counts_.assign(static_cast<std::size_t>(p_size * local), slots);
-      set_receive_counts(ctx.plan_, recv_counts_);
+      set_receive_counts(plan, recv_counts_);
     });
   }
 
   if (local_error.empty()) {
     local_error = failure_of([&] {
-      build_plan(config_, p_size, ctx.router_.expert, ctx.router_.weight, num_tokens, chunks_, -1,
-                 ctx.plan_);
+      build_plan(config_, p_size, ep_rank(), router.expert, num_tokens, chunks_, -1, caps, plan);
     });
   }
   if (!local_error.empty()) {
-    build_plan(config_, p_size, ctx.router_.expert, ctx.router_.weight, 0, chunks_, -1, ctx.plan_);
+    rank_assignments(config_, router.expert, router.weight, 0, plan);
+    build_plan(config_, p_size, ep_rank(), router.expert, 0, chunks_, -1, {}, plan);
   }
   // Each rank tells each destination how many rows it sends to every one of its local experts,
   // plus a status word: a rank with a local error sends 1 there, so every rank learns of it from
   // this exchange and all raise the same error instead of some entering the payload exchange.
-  const std::int64_t block = local + 1;
-  count_send_.resize(static_cast<std::size_t>(p_size * block));
+  // Blocks have room for the most experts any rank owns (ranks may own different counts).
+  const std::int64_t block = (config_.num_experts + p_size - 1) / p_size + 1;
+  count_send_.assign(static_cast<std::size_t>(p_size * block), 0);
   count_recv_.resize(count_send_.size());
   for (int p = 0; p < p_size; ++p) {
     count_send_[p * block] = local_error.empty() ? 0 : 1;
-    std::copy_n(ctx.plan_.kept.begin() + p * local, local, count_send_.begin() + p * block + 1);
+    std::copy_n(plan.kept.begin() + first_expert_of(p, config_.num_experts, p_size),
+                num_experts_of(p, config_.num_experts, p_size), count_send_.begin() + p * block + 1);
   }
   set_phase("count exchange");
   comm_.alltoall(reinterpret_cast<const std::byte*>(count_send_.data()),
@@ -395,7 +461,7 @@ std::string MoeLayer::plan_dispatch(std::span<const float> x, std::span<const fl
     std::copy_n(count_recv_.begin() + s * block + 1, local, recv_counts_.begin() + s * local);
   }
   if (any_error) raise_agreed_error(comm_, local_error);
-  return failure_of([&] { set_receive_counts(ctx.plan_, recv_counts_); });
+  return failure_of([&] { set_receive_counts(plan, recv_counts_); });
 }
 
 // Each rank adds the gathered partial sums in rank order, so the losses
@@ -405,7 +471,8 @@ void MoeLayer::reduce_statistics(ForwardContext& ctx, double exchange_seconds) {
   const DispatchPlan& plan = ctx.plan_;
   const std::int64_t num_experts = config_.num_experts;
   const int p_size = ep_size();
-  const std::int64_t row_bytes = config_.d_model * static_cast<std::int64_t>(sizeof(float));
+  // What really crosses the network: rows in the wire format.
+  const auto row_bytes = static_cast<std::int64_t>(wire_row_bytes());
   // Layout per rank: counts[E], kept[E], prob_sum[E], then the scalars below.
   enum Scalar { lse_sq, tokens, dropped_assignments, dropped_tokens, bytes_sent, bytes_received,
                 exchange_s, experts_s, num_scalars };
@@ -482,6 +549,7 @@ void MoeLayer::reduce_statistics(ForwardContext& ctx, double exchange_seconds) {
     result.z_loss = config_.z_loss_coef * lse_sq_total / total;
   }
   stats.exchange_seconds = exchange_seconds;
+  stats.set_load_spread();
 
   if (auto_pending_) {
     // Every rank decides from the same gathered numbers, so all choose the same chunk count.
@@ -509,7 +577,7 @@ void MoeLayer::choose_auto_chunks(double exchange, double compute, const Forward
     std::int64_t kept = 0;
     for (auto n : stats.expert_kept) kept += n;
     const double rows_per_expert = static_cast<double>(kept) / static_cast<double>(config_.num_experts);
-    const double local = static_cast<double>(experts_per_rank());
+    const double local = static_cast<double>((config_.num_experts + ep_size() - 1) / ep_size());
     const double most = std::clamp(local * std::floor(rows_per_expert / 256.0), 1.0, 16.0);
     chunks = static_cast<int>(std::clamp(std::round(best), 1.0, most));
   }

@@ -21,6 +21,7 @@
 #include "runtime/config.hpp"
 #include "runtime/dispatch_plan.hpp"
 #include "runtime/exchange_worker.hpp"
+#include "runtime/global_capacity.hpp"
 #include "runtime/permute.hpp"
 #include "runtime/router.hpp"
 #include "runtime/stats.hpp"
@@ -39,6 +40,17 @@ struct ForwardResult {
 class ForwardContext {
  public:
   const ForwardResult& result() const { return result_; }
+  // The routing of this rank's tokens (SPEC.md section 3): choice j of token t is expert
+  // selected_experts()[t*k + j] with weight selected_weights()[t*k + j] (after normalize_topk
+  // and scaling); kept(t, j) says whether capacity kept it.
+  std::int64_t num_tokens() const { return plan_.num_tokens; }
+  std::span<const std::int32_t> selected_experts() const {
+    return std::span<const std::int32_t>(router_.expert).first(static_cast<std::size_t>(plan_.num_tokens * plan_.top_k));
+  }
+  std::span<const float> selected_weights() const {
+    return std::span<const float>(router_.weight).first(static_cast<std::size_t>(plan_.num_tokens * plan_.top_k));
+  }
+  bool kept(std::int64_t t, std::int64_t j) const { return plan_.send_row[static_cast<std::size_t>(t * plan_.top_k + j)] >= 0; }
   // Wall time of each phase of the last backward on this context (the same phases walked in
   // reverse), and the time its exchanges took (overlapped with compute or not).
   const std::array<double, kNumPhases>& backward_phase_seconds() const { return backward_seconds_; }
@@ -50,6 +62,7 @@ class ForwardContext {
   DispatchPlan plan_;
   std::vector<float> expert_input_;            // received rows in expert order, every chunk
   std::vector<experts::FfnActivations> ffn_;   // one per chunk
+  experts::FfnActivations shared_ffn_;         // the shared expert's, over this rank's tokens
   std::vector<std::byte> returned_;            // expert outputs back home, send order, wire format
   ForwardResult result_;
   std::array<double, kNumPhases> backward_seconds_{};
@@ -68,9 +81,10 @@ class MoeLayer {
   const MoeConfig& config() const { return config_; }
   int ep_rank() const { return comm_.rank(); }
   int ep_size() const { return comm_.size(); }
-  std::int64_t experts_per_rank() const { return config_.num_experts / ep_size(); }
-  // Global index of this rank's first expert; it owns experts_per_rank() consecutive ones.
-  std::int64_t first_expert() const { return ep_rank() * experts_per_rank(); }
+  // The experts this rank owns (SPEC.md section 1: contiguous, as even as possible; 0 when there
+  // are more ranks than experts) and the global index of the first.
+  std::int64_t local_experts() const { return num_experts_of(ep_rank(), config_.num_experts, ep_size()); }
+  std::int64_t first_expert() const { return first_expert_of(ep_rank(), config_.num_experts, ep_size()); }
   // Chunks the next call will use: overlap_chunks, or what `auto` chose after the first call.
   int chunks() const { return chunks_; }
 
@@ -80,6 +94,19 @@ class MoeLayer {
   // This rank's experts (local index e is global expert first_expert() + e).
   experts::ExpertShard& experts() { return experts_; }
   const experts::ExpertShard& experts() const { return experts_; }
+  // The shared expert (one expert of hidden size d_shared_hidden, replicated on every rank; empty
+  // when the layer has none).
+  experts::ExpertShard& shared_expert() { return shared_expert_; }
+  const experts::ExpertShard& shared_expert() const { return shared_expert_; }
+  // The selection bias of the sigmoid gate, gate.e_score_correction_bias [E], replicated (zeros
+  // until set; unused with softmax).
+  std::span<float> selection_bias() { return selection_bias_; }
+  std::span<const float> selection_bias() const { return selection_bias_; }
+
+  // Auxiliary-loss-free balancing (SPEC.md section 3): after a forward, moves the selection bias
+  // by bias_update_rate · sign(mean − count) per expert, from that forward's group-wide counts.
+  // Not collective: every rank holds the same counts, so the bias stays identical everywhere.
+  void update_selection_bias(const ForwardResult& result);
 
   // Collective. x and y are [T, d] row-major for this rank's T tokens (T may differ between ranks
   // and may be 0). A bad shape on any rank is reported by every rank as the same moe::Error.
@@ -100,6 +127,9 @@ class MoeLayer {
   std::span<const float> gate_weight_grad() const { return gate_weight_grad_; }
   experts::ExpertShard& expert_grads() { return expert_grads_; }
   const experts::ExpertShard& expert_grads() const { return expert_grads_; }
+  // The shared expert's gradient: this rank's contribution (summed over ranks like the router's).
+  experts::ExpertShard& shared_expert_grads() { return shared_expert_grads_; }
+  const experts::ExpertShard& shared_expert_grads() const { return shared_expert_grads_; }
   void zero_grad();
 
  private:
@@ -110,12 +140,14 @@ class MoeLayer {
   // error travels with the counts, so every rank raises it together. Returns a failure met after
   // that exchange ("" for none), for the next agreement to report.
   std::string plan_dispatch(std::span<const float> x, std::span<const float> y, ForwardContext& ctx);
-  // Sends chunk after chunk of `send` (send order) to the experts' ranks, runs `work` on each
-  // chunk as it arrives, and brings the results back into `returned` (send order). Returns the
-  // time spent in exchanges.
+  // Sends chunk after chunk of `send` (send order) to the experts' ranks, runs `in_flight`
+  // (work that needs no remote rows: the shared expert) while the first chunk travels, runs `work`
+  // on each chunk as it arrives, and brings the results back into `returned` (send order).
+  // Returns the time spent in exchanges.
+  template <class InFlight>
   double run_pipeline(ForwardContext& ctx, const std::byte* send, std::byte* returned,
                       ChunkWork work, PhaseTimer& timer, const char* out_phase,
-                      const char* back_phase);
+                      const char* back_phase, InFlight&& in_flight);
   // Grows every buffer the pipeline writes (before the payload moves, so a failure is agreed).
   void grow_receive_side(ForwardContext& ctx);
   // Tells the communicator what the next collective is, for the watchdog's diagnostic.
@@ -134,9 +166,13 @@ class MoeLayer {
   MoeConfig config_;
   comm::Communicator& comm_;
   std::vector<float> gate_weight_;
+  std::vector<float> selection_bias_;
   experts::ExpertShard experts_;
+  experts::ExpertShard shared_expert_;
   std::vector<float> gate_weight_grad_;
   experts::ExpertShard expert_grads_;
+  experts::ExpertShard shared_expert_grads_;
+  GlobalCapacity global_capacity_;
   int chunks_ = 1;
   std::int64_t calls_ = 0;        // forwards and backwards so far, for diagnostics
   bool auto_pending_ = false;     // overlap_chunks is auto and not yet chosen
@@ -150,6 +186,8 @@ class MoeLayer {
   // Workspace reused by every call: it grows to the largest batch and then stays.
   std::vector<std::byte> send_wire_, recv_wire_;
   std::vector<float> expert_rows_, expert_grad_rows_;
+  std::vector<float> shared_rows_;             // the shared expert's output, or its dx
+  std::array<std::int64_t, 2> shared_offsets_{};  // {0, T}: one expert over every local token
   std::vector<float> d_weight_, d_logits_;
   std::vector<std::int64_t> count_send_, count_recv_, recv_counts_;
   std::vector<std::size_t> chunk_bytes_;  // per chunk: send[P], recv[P] of dispatch; same reversed back

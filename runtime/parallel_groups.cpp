@@ -40,6 +40,15 @@ void reduce_gradients(MoeLayer& layer, ParallelGroups& groups, GradReduction red
       reduction == GradReduction::mean ? 1.0f / static_cast<float>(groups.dp_size) : 1.0f;
   reduce(*groups.ep, layer.gate_weight_grad(), 1.0f);
   reduce(*groups.dp, layer.gate_weight_grad(), dp_scale);
+  // The shared expert is replicated on every rank like the router: summed over the group's
+  // tokens, then reduced over the replicas.
+  experts::ExpertShard& shared = layer.shared_expert_grads();
+  for (std::int64_t e = 0; e < shared.num_experts(); ++e) {
+    for (std::string_view param : experts::expert_param_names(shared.shape().activation)) {
+      reduce(*groups.ep, shared.param(e, param), 1.0f);
+      reduce(*groups.dp, shared.param(e, param), dp_scale);
+    }
+  }
   experts::ExpertShard& grads = layer.expert_grads();
   for (std::int64_t e = 0; e < grads.num_experts(); ++e) {
     for (std::string_view param : experts::expert_param_names(grads.shape().activation)) {

@@ -32,8 +32,8 @@ enum class GradReduction {
 
 // Collective over both groups. Completes the gradients backward accumulated in `layer`: the
 // router's gradient is summed over the expert-parallel group (each rank held a part of the
-// group's tokens), then reduced over the data-parallel replicas; each expert's gradient is
-// reduced over its data-parallel group.
+// group's tokens), then reduced over the data-parallel replicas, and so is the shared expert's;
+// each expert's gradient is reduced over its data-parallel group.
 void reduce_gradients(MoeLayer& layer, ParallelGroups& groups, GradReduction reduction);
 
 }  // namespace moe

@@ -43,7 +43,7 @@ float dot_row(const float* g, const std::byte* row, std::int64_t width) {
 // from sources 0..s-1.
 template <class Fn>
 void for_each_block(const DispatchPlan& plan, int c, Fn&& fn) {
-  const std::int64_t local = plan.experts_per_rank;
+  const std::int64_t local = plan.local_experts;
   const std::int64_t chunk_begin = plan.chunk_recv_begin(c);
   const auto expert_offsets = plan.chunk_expert_offsets(c);
   std::int64_t received = chunk_begin;

@@ -1,6 +1,7 @@
-// The router of SPEC.md section 3: logits, softmax, top-k with ties to the smaller expert index,
-// optional renormalisation of the selected weights; and this rank's share of the auxiliary losses
-// of section 7 (summed over ranks later).
+// The router of SPEC.md section 3: logits, scores (softmax, or sigmoid with a selection bias),
+// group-limited top-k with ties to the smaller index, optional renormalisation and scaling of the
+// selected weights; and this rank's share of the auxiliary losses of section 7 (summed over ranks
+// later).
 #pragma once
 
 #include <cstdint>
@@ -15,20 +16,28 @@ namespace moe {
 // reused.
 struct RouterOutput {
   std::int64_t num_tokens = 0;
-  std::vector<float> probs;           // [T, E] softmax of the logits
+  std::vector<float> scores;          // [T, E] s: softmax of the logits, or their sigmoid
+  std::vector<float> logits;          // [T, E] z, kept with the sigmoid gate (its z-loss gradient)
+  std::vector<float> score_sum;       // [T] Σ_e s (sigmoid: normalises the aux loss's p)
   std::vector<float> logsumexp;       // [T]
-  std::vector<std::int32_t> expert;   // [T, k] chosen experts, descending probability
-  std::vector<float> weight;          // [T, k] their weights (after normalize_topk)
+  std::vector<std::int32_t> expert;   // [T, k] chosen experts, descending selection score
+  std::vector<float> weight;          // [T, k] their weights (after normalize_topk and scaling)
   // This rank's partial sums for the losses, in a fixed order so results are reproducible.
   std::vector<double> prob_sum;       // [E] Σ_t p_{t,e}
   std::vector<std::int64_t> counts;   // [E] top-k assignments before dropping
   double logsumexp_sq_sum = 0;        // Σ_t (logsumexp z_t)²
-  std::vector<std::int32_t> order;    // [E] workspace of the top-k selection
+  // Workspace of the selection.
+  std::vector<std::int32_t> order;    // [E]
+  std::vector<float> selection;       // [E] q of one token, -inf where its group was not chosen
+  std::vector<float> group_score;     // [G]
+  std::vector<std::int32_t> group_order;  // [G]
 };
 
-// Routes x [T, d] with gate_weight [E, d].
-void route(const MoeConfig& config, std::span<const float> gate_weight, std::span<const float> x,
-           std::int64_t num_tokens, RouterOutput& out);
+// Routes x [T, d] with gate_weight [E, d]; score_bias [E] is the selection bias of the sigmoid
+// gate (ignored with softmax; may be empty there).
+void route(const MoeConfig& config, std::span<const float> gate_weight,
+           std::span<const float> score_bias, std::span<const float> x, std::int64_t num_tokens,
+           RouterOutput& out);
 
 // What the router's backward needs to know about the whole group (SPEC.md sections 7 and 8).
 struct RouterLossGrad {
@@ -39,13 +48,18 @@ struct RouterLossGrad {
 };
 
 // Backward of route() for this rank's tokens. d_weight [T, k] is the gradient of the selected
-// weights (zero for dropped assignments). It flows through normalize_topk and the softmax, joined
-// by the gradients of the two losses; no gradient flows through the top-k choice or through f_e.
-// ADDS dz·gate into dx [T, d] and this rank's dzᵀ·x into d_gate [E, d]. d_logits [T, E] is
-// workspace.
+// weights (zero for dropped assignments). It flows through the scaling, normalize_topk and the
+// scores, joined by the gradients of the two losses; no gradient flows through the top-k or group
+// choice, f_e or the selection bias. ADDS dz·gate into dx [T, d] and this rank's dzᵀ·x into
+// d_gate [E, d]. d_logits [T, E] is workspace.
 void route_backward(const MoeConfig& config, std::span<const float> gate_weight,
                     std::span<const float> x, const RouterOutput& out,
                     std::span<const float> d_weight, const RouterLossGrad& losses,
                     std::span<float> d_logits, std::span<float> dx, std::span<float> d_gate);
+
+// The selection-bias update of SPEC.md section 3: b_e += rate · sign(mean(c) − c_e), from the
+// group-wide counts before dropping of one forward (identical on every rank, so the replicated
+// bias stays identical without communication).
+void update_selection_bias(std::span<float> bias, std::span<const std::int64_t> counts, double rate);
 
 }  // namespace moe

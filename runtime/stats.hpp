@@ -1,7 +1,9 @@
 // Statistics of one forward pass (SPEC.md section 10).
 #pragma once
 
+#include <algorithm>
 #include <array>
+#include <cmath>
 #include <chrono>
 #include <cstdint>
 #include <string_view>
@@ -25,10 +27,33 @@ struct ForwardStats {
   std::vector<std::int64_t> bytes_received;    // [P]
   std::vector<std::int64_t> rows_to_peer;      // [P] rows this rank dispatched to each rank
   std::vector<std::int64_t> rows_from_peer;    // [P] rows this rank received from each rank
+  // Spread of the load over the experts (assignments before dropping, whole group): max / mean,
+  // least, and standard deviation. 1, mean and 0 when perfectly balanced.
+  double load_max_over_mean = 0;
+  std::int64_t load_min = 0;
+  double load_std = 0;
   std::array<double, kNumPhases> phase_seconds{};  // this rank's wall time per phase
   // This rank's time inside the two exchanges. With overlap_chunks > 1 they run beside the
   // expert compute, so this is more than the exchange phases above, which count only waiting.
   double exchange_seconds = 0;
+
+  void set_load_spread() {
+    load_max_over_mean = load_std = 0;
+    load_min = 0;
+    if (expert_counts.empty()) return;
+    std::int64_t most = expert_counts[0], total = 0;
+    load_min = expert_counts[0];
+    for (std::int64_t c : expert_counts) {
+      most = std::max(most, c);
+      load_min = std::min(load_min, c);
+      total += c;
+    }
+    const double mean = static_cast<double>(total) / static_cast<double>(expert_counts.size());
+    double squares = 0;
+    for (std::int64_t c : expert_counts) squares += (static_cast<double>(c) - mean) * (static_cast<double>(c) - mean);
+    load_std = std::sqrt(squares / static_cast<double>(expert_counts.size()));
+    load_max_over_mean = mean > 0 ? static_cast<double>(most) / mean : 0;
+  }
 
   double& seconds(Phase phase) { return phase_seconds[static_cast<std::size_t>(phase)]; }
   double seconds(Phase phase) const { return phase_seconds[static_cast<std::size_t>(phase)]; }

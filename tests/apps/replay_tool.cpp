@@ -51,38 +51,8 @@ int check(const std::string& case_path, const std::string& result_path) {
   const LayerCase lc = read_layer_case(case_path);
   const SafetensorsFile result = read_safetensors(result_path);
 
-  // Rebuild the reference case from the file: the file is the ground truth both sides read.
-  ref::LayerCase c;
-  c.config.num_experts = lc.config.num_experts;
-  c.config.d_model = lc.config.d_model;
-  c.config.d_hidden = lc.config.d_hidden;
-  c.config.top_k = lc.config.top_k;
-  c.config.capacity_factor = lc.config.capacity_factor;
-  c.config.min_capacity = lc.config.min_capacity;
-  c.config.drop_policy = std::string(to_string(lc.config.drop_policy));
-  c.config.activation = std::string(experts::to_string(lc.config.activation));
-  c.config.normalize_topk = lc.config.normalize_topk;
-  c.config.aux_loss_coef = lc.config.aux_loss_coef;
-  c.config.z_loss_coef = lc.config.z_loss_coef;
-  c.tokens_per_rank = lc.tokens_per_rank;
-  auto widen = [](std::span<const float> v) { return std::vector<double>(v.begin(), v.end()); };
-  const auto& t = lc.file.tensors;
-  c.input = widen(t.at("input").f32());
-  if (lc.has_grad_output()) c.grad_output = widen(t.at("grad_output").f32());
-  c.params.gate = widen(t.at("gate.weight").f32());
-  for (std::int64_t e = 0; e < lc.config.num_experts; ++e) {
-    const std::string p = "experts." + std::to_string(e) + ".";
-    ref::ExpertParams ep;
-    ep.w1 = widen(t.at(p + "w1.weight").f32());
-    ep.w2 = widen(t.at(p + "w2.weight").f32());
-    if (experts::is_gated(lc.config.activation)) {
-      ep.w3 = widen(t.at(p + "w3.weight").f32());
-    } else {
-      ep.b1 = widen(t.at(p + "w1.bias").f32());
-      ep.b2 = widen(t.at(p + "w2.bias").f32());
-    }
-    c.params.experts.push_back(std::move(ep));
-  }
+  // The reference case from the file: the file is the ground truth both sides read.
+  const ref::LayerCase c = test::from_case_file(lc);
   const ref::LayerResult expected = ref::run_reference(c);
 
   int failures = 0;
@@ -115,6 +85,7 @@ int check(const std::string& case_path, const std::string& result_path) {
   tensor_error("z_loss", {expected.z_loss});
   exact("expert_counts", expected.expert_counts);
   exact("expert_kept", expected.expert_kept);
+  if (!expected.score_bias_updated.empty()) tensor_error(std::string(kSelectionBias), expected.score_bias_updated);
   if (expected.grads) {
     tensor_error("grad_input", expected.grads->input);
     tensor_error("gate.weight.grad", expected.grads->params.gate);
@@ -122,6 +93,12 @@ int check(const std::string& case_path, const std::string& result_path) {
       for (std::string_view param : experts::expert_param_names(lc.config.activation)) {
         tensor_error("experts." + std::to_string(e) + "." + std::string(param) + ".grad",
                      test::expert_param(expected.grads->params.experts[static_cast<std::size_t>(e)], param));
+      }
+    }
+    if (expected.grads->params.shared_expert) {
+      for (std::string_view param : experts::expert_param_names(lc.config.activation)) {
+        tensor_error(std::string(kSharedPrefix) + std::string(param) + ".grad",
+                     test::expert_param(*expected.grads->params.shared_expert, param));
       }
     }
   } else if (result.tensors.count("grad_input")) {

@@ -25,6 +25,7 @@ struct Gradients {
   std::vector<float> dx;
   std::vector<float> gate;   // after reduce_gradients
   std::vector<std::vector<float>> experts;  // [local e * params] flattened per parameter
+  std::vector<std::vector<float>> shared;   // the shared expert's, per parameter (after the reduction)
 };
 
 // Forward and backward of `lc` on `groups.ep`, gradients reduced over the groups.
@@ -42,10 +43,16 @@ Gradients run_backward(ParallelGroups& groups, const LayerCase& lc, GradReductio
   layer.backward(x, dy, g.dx, ctx);
   reduce_gradients(layer, groups, reduction);
   g.gate.assign(layer.gate_weight_grad().begin(), layer.gate_weight_grad().end());
-  for (std::int64_t e = 0; e < layer.experts_per_rank(); ++e) {
+  for (std::int64_t e = 0; e < layer.local_experts(); ++e) {
     for (auto name : experts::expert_param_names(lc.config.activation)) {
       const auto p = layer.expert_grads().param(e, name);
       g.experts.emplace_back(p.begin(), p.end());
+    }
+  }
+  for (std::int64_t e = 0; e < layer.shared_expert_grads().num_experts(); ++e) {
+    for (auto name : experts::expert_param_names(lc.config.activation)) {
+      const auto p = layer.shared_expert_grads().param(e, name);
+      g.shared.emplace_back(p.begin(), p.end());
     }
   }
   return g;
@@ -67,16 +74,25 @@ void check_gradients(comm::Communicator& ep, const LayerCase& lc, const Gradient
   CHECK(gate_error.relative() <= 1e-5);
 
   const auto names = experts::expert_param_names(lc.config.activation);
-  const std::int64_t local = lc.config.num_experts / ep.size();
+  const std::int64_t first_owned = first_expert_of(ep.rank(), lc.config.num_experts, ep.size());
+  const std::int64_t local = num_experts_of(ep.rank(), lc.config.num_experts, ep.size());
+  REQUIRE(g.experts.size() == static_cast<std::size_t>(local) * names.size());
   std::size_t i = 0;
-  for (std::int64_t e = 0; e < local; ++e) {
-    const auto& want = expected.params.experts[static_cast<std::size_t>(ep.rank() * local + e)];
+  for (std::int64_t e = first_owned; e < first_owned + local; ++e) {
+    const auto& want = expected.params.experts[static_cast<std::size_t>(e)];
     for (auto name : names) {
       test::ErrorSums err;
       err.add(g.experts[i++], test::expert_param(want, name));
-      INFO("expert " << ep.rank() * local + e << " " << name);
+      INFO("expert " << e << " " << name);
       CHECK(err.relative() <= 1e-5);
     }
+  }
+  REQUIRE(g.shared.size() == (expected.params.shared_expert ? names.size() : 0));
+  for (std::size_t n = 0; n < g.shared.size(); ++n) {
+    test::ErrorSums err;
+    err.add(g.shared[n], test::expert_param(*expected.params.shared_expert, names[n]));
+    INFO("shared expert " << names[n]);
+    CHECK(err.relative() <= 1e-5);
   }
 }
 
@@ -149,7 +165,7 @@ TEST_CASE("backwards of several forwards in flight, in any order", "[layer][back
   Gradients g;
   g.dx = dxa;
   g.gate.assign(layer.gate_weight_grad().begin(), layer.gate_weight_grad().end());
-  for (std::int64_t e = 0; e < layer.experts_per_rank(); ++e) {
+  for (std::int64_t e = 0; e < layer.local_experts(); ++e) {
     for (auto name : experts::expert_param_names(la.config.activation)) {
       const auto p = layer.expert_grads().param(e, name);
       g.experts.emplace_back(p.begin(), p.end());
@@ -176,6 +192,7 @@ TEST_CASE("expert parallel x data parallel reduces gradients over the right grou
   // Replica i holds case i; both replicas share the parameters of case 0.
   auto spec = test::standard_cases(2)[0].spec;
   spec.config.z_loss_coef = 0.02;
+  spec.config.d_shared_hidden = 8;  // replicated like the router: reduced over both groups
   ref::LayerCase cases[2] = {ref::make_case(spec), {}};
   spec.seed += 99;
   spec.tokens_per_rank = {11, 30};
@@ -197,6 +214,11 @@ TEST_CASE("expert parallel x data parallel reduces gradients over the right grou
         const auto& o = test::expert_param(other.params.experts[e], name);
         for (std::size_t i = 0; i < w.size(); ++i) w[i] = (w[i] + o[i]) * scale;
       }
+    }
+    for (auto name : experts::expert_param_names(lc.config.activation)) {
+      auto& w = test::expert_param(*want.params.shared_expert, name);
+      const auto& o = test::expert_param(*other.params.shared_expert, name);
+      for (std::size_t i = 0; i < w.size(); ++i) w[i] = (w[i] + o[i]) * scale;
     }
     // dx is per replica and never reduced.
     want.input = ref::run_reference(cases[replica]).grads->input;

@@ -25,40 +25,120 @@ TEST_CASE("defaults are those of SPEC.md", "[config]") {
   CHECK_FALSE(c.normalize_topk);
   CHECK(c.aux_loss_coef == 0.01);
   CHECK(c.z_loss_coef == 0.0);
+  // Version 2: every new key's default gives the version-1 layer.
+  CHECK(c.gate == GateKind::softmax);
+  CHECK(c.n_group == 1);
+  CHECK(c.groups_per_token() == 1);
+  CHECK(c.routed_scaling_factor == 1.0);
+  CHECK(c.capacity_scope == CapacityScope::rank);
+  CHECK(c.bias_update_rate == 0.0);
+  CHECK_FALSE(c.has_shared_expert());
 }
 
 TEST_CASE("validation names the option and the rule", "[config]") {
   MoeConfig c = valid();
-  CHECK_NOTHROW(c.validate(4));
-  CHECK_THROWS_WITH(c.validate(3),
-                    "num_experts=8 is not divisible by the expert-parallel size 3");
+  CHECK_NOTHROW(c.validate());
   c.top_k = 0;
-  CHECK_THROWS_WITH(c.validate(1), "top_k=0 is outside 1..num_experts (8)");
+  CHECK_THROWS_WITH(c.validate(), "top_k=0 is outside 1..num_experts (8)");
   c = valid();
   c.top_k = 9;
-  CHECK_THROWS_WITH(c.validate(1), "top_k=9 is outside 1..num_experts (8)");
+  CHECK_THROWS_WITH(c.validate(), "top_k=9 is outside 1..num_experts (8)");
   c = valid();
   c.d_model = 0;
-  CHECK_THROWS_WITH(c.validate(1), "d_model must be at least 1, got 0");
+  CHECK_THROWS_WITH(c.validate(), "d_model=0 must be at least 1");
   c = valid();
   c.d_hidden = -3;
-  CHECK_THROWS_WITH(c.validate(1), "d_hidden must be at least 1, got -3");
+  CHECK_THROWS_WITH(c.validate(), "d_hidden=-3 must be at least 1");
   c = valid();
   c.num_experts = 0;
-  CHECK_THROWS_WITH(c.validate(1), "num_experts must be at least 1, got 0");
+  CHECK_THROWS_WITH(c.validate(), "num_experts=0 must be at least 1");
   c = valid();
   c.min_capacity = -1;
-  CHECK_THROWS_WITH(c.validate(1), "min_capacity must be >= 0, got -1");
+  CHECK_THROWS_WITH(c.validate(), "min_capacity=-1 must be at least 0");
   c = valid();
   c.aux_loss_coef = -0.5;
-  CHECK_THROWS_WITH(c.validate(1), Catch::Contains("aux_loss_coef must be finite and >= 0"));
+  CHECK_THROWS_WITH(c.validate(), "aux_loss_coef=-0.5 must be finite and >= 0");
   c = valid();
   c.capacity_factor = std::numeric_limits<double>::infinity();
-  CHECK_THROWS_WITH(c.validate(1), Catch::Contains("capacity_factor must be finite"));
+  CHECK_THROWS_WITH(c.validate(), "capacity_factor=inf must be finite");
   c = valid();
   c.capacity_factor = -1;  // dropless is a legal choice
-  CHECK_NOTHROW(c.validate(2));
+  CHECK_NOTHROW(c.validate());
   CHECK(c.dropless());
+}
+
+TEST_CASE("version-2 keys: every rule is an error naming the key", "[config]") {
+  MoeConfig c = valid();
+  c.n_group = 3;
+  CHECK_THROWS_WITH(c.validate(), "n_group=3 does not divide num_experts (8)");
+  c = valid();
+  c.n_group = 0;
+  CHECK_THROWS_WITH(c.validate(), "n_group=0 must be at least 1");
+  c = valid();
+  c.n_group = 4;
+  c.topk_group = 5;
+  CHECK_THROWS_WITH(c.validate(), "topk_group=5 is outside 1..n_group (4)");
+  c.topk_group = 1;  // one group of two experts: at most k = 2
+  c.top_k = 3;
+  CHECK_THROWS_WITH(c.validate(), Catch::StartsWith("top_k=3 is more than the 2 experts of the topk_group=1 groups"));
+  c.top_k = 2;
+  CHECK_NOTHROW(c.validate());
+  c = valid();
+  c.routed_scaling_factor = 0;
+  CHECK_THROWS_WITH(c.validate(), "routed_scaling_factor=0 must be finite and > 0");
+  c = valid();
+  c.bias_update_rate = 0.001;
+  CHECK_THROWS_WITH(c.validate(), "bias_update_rate=0.001 needs gate=sigmoid (the selection bias exists only there)");
+  c.gate = GateKind::sigmoid;
+  CHECK_NOTHROW(c.validate());
+  c.bias_update_rate = -1;
+  CHECK_THROWS_WITH(c.validate(), "bias_update_rate=-1 must be finite and >= 0");
+  c = valid();
+  c.d_shared_hidden = -1;
+  CHECK_THROWS_WITH(c.validate(), "d_shared_hidden=-1 must be at least 0");
+  c = valid();
+  c.overlap_chunks = 65;
+  CHECK_THROWS_WITH(c.validate(), "overlap_chunks=65 is outside 1..64 (or auto)");
+}
+
+TEST_CASE("the field table drives the summary, the fields and the metadata", "[config]") {
+  MoeConfig c = valid();
+  c.gate = GateKind::sigmoid;
+  c.n_group = 4;
+  c.topk_group = 2;
+  c.routed_scaling_factor = 2.5;
+  c.capacity_scope = CapacityScope::global;
+  c.bias_update_rate = 0.001;
+  const auto meta = c.options_to_metadata();
+  CHECK(meta.at("gate") == "sigmoid");
+  CHECK(meta.at("n_group") == "4");
+  CHECK(meta.at("topk_group") == "2");
+  CHECK(meta.at("routed_scaling_factor") == "2.5");
+  CHECK(meta.at("capacity_scope") == "global");
+  CHECK(meta.at("bias_update_rate") == "0.001");
+  CHECK(meta.count("num_experts") == 0);  // shapes come from the tensors
+  CHECK(meta.count("wire") == 0);         // execution options are not part of a case
+  MoeConfig back = valid();
+  back.options_from_metadata(meta);
+  CHECK(back.fields() == c.fields());
+  CHECK(c.summary().find("gate=sigmoid n_group=4 topk_group=2") != std::string::npos);
+  // The default topk_group (all groups) is written as its SPEC value.
+  CHECK(valid().options_to_metadata().at("topk_group") == "1");
+}
+
+TEST_CASE("unknown metadata keys are refused, naming the key", "[config]") {
+  MoeConfig c = valid();
+  CHECK_THROWS_WITH(c.options_from_metadata({{"capacity_scope", "node"}}),
+                    "capacity_scope 'node' is not one of: rank, global");
+  CHECK_THROWS_WITH(c.options_from_metadata({{"gate", "tanh"}}), "gate 'tanh' is not one of: softmax, sigmoid");
+  CHECK_THROWS_WITH(c.options_from_metadata({{"expert_bias", "1"}}),
+                    Catch::StartsWith("metadata key 'expert_bias' is not an option of this layer (known: "));
+  // Shapes and execution options are not metadata keys either.
+  CHECK_THROWS_WITH(c.options_from_metadata({{"wire", "bf16"}}),
+                    Catch::StartsWith("metadata key 'wire' is not an option of this layer"));
+  CHECK_THROWS_WITH(c.options_from_metadata({{"topk_group", "0"}}), "topk_group=0 is outside 1..n_group (1)");
+  CHECK_NOTHROW(c.options_from_metadata({{"tokens_per_rank", "1,2"}, {"top_k", "1"}}, {"tokens_per_rank"}));
+  CHECK(c.top_k == 1);
 }
 
 TEST_CASE("metadata round trip and strict parsing", "[config]") {

@@ -157,9 +157,9 @@ TEST_CASE("execution options are validated", "[config][execution]") {
   c.d_model = 4;
   c.d_hidden = 4;
   c.overlap_chunks = 65;
-  CHECK_THROWS_WITH(c.validate(1), "overlap_chunks=65 is outside 0..64 (0 = auto)");
+  CHECK_THROWS_WITH(c.validate(), "overlap_chunks=65 is outside 1..64 (or auto)");
   c.overlap_chunks = 1;
   c.exchange = ExchangeKind::padded;
   c.capacity_factor = 0;
-  CHECK_THROWS_WITH(c.validate(1), Catch::Contains("the padded exchange needs a capacity"));
+  CHECK_THROWS_WITH(c.validate(), Catch::StartsWith("exchange=padded needs a capacity"));
 }

@@ -141,13 +141,15 @@ TEST_CASE("configuration errors are reported by every rank alike", "[layer][erro
   config.d_model = 4;
   config.d_hidden = 4;
 
-  SECTION("experts not divisible by ranks") {
-    config.num_experts = 3 * size + (size > 1 ? 1 : 0);
-    if (size > 1) {
-      CHECK_THROWS_WITH(MoeLayer(config, *world),
-                        Catch::Contains("is not divisible by the expert-parallel size") &&
-                            Catch::Contains("ranks 0-" + std::to_string(size - 1)));
-    }
+  SECTION("expert groups that do not divide the experts") {
+    config.n_group = 3;
+    CHECK_THROWS_WITH(MoeLayer(config, *world),
+                      Catch::Contains("n_group=3 does not divide num_experts (8)") &&
+                          Catch::Contains(size > 1 ? "ranks 0-" + std::to_string(size - 1) : "rank 0"));
+  }
+  SECTION("a bias update without the sigmoid gate") {
+    config.bias_update_rate = 0.01;
+    CHECK_THROWS_WITH(MoeLayer(config, *world), Catch::Contains("bias_update_rate=0.01 needs gate=sigmoid"));
   }
   SECTION("top_k out of range") {
     config.top_k = 9;
@@ -193,8 +195,8 @@ TEST_CASE("ranks given different configurations are told which fields differ", "
   const std::string others = last == 1 ? "rank 0" : "ranks 0, 1" + std::string(last == 3 ? ", 2" : "");
   CHECK_THROWS_WITH(MoeLayer(config, *world),
                     Catch::Contains("were given different configurations") &&
-                        Catch::Contains("activation=gelu, top_k=2 (" + others + ")") &&
-                        Catch::Contains("activation=swiglu, top_k=3 (rank " + std::to_string(last) + ")"));
+                        Catch::Contains("top_k=2, activation=gelu (" + others + ")") &&
+                        Catch::Contains("top_k=3, activation=swiglu (rank " + std::to_string(last) + ")"));
 }
 
 TEST_CASE("check_finite names the rank and row of a NaN in the input or the gradient",
@@ -218,4 +220,46 @@ TEST_CASE("check_finite names the rank and row of a NaN in the input or the grad
   if (world->rank() == bad) dy[4] = std::numeric_limits<float>::infinity();
   CHECK_THROWS_WITH(layer.backward(x, dy, dx, ctx),
                     Catch::Contains("grad_output row 1 column 0 is infinite"));
+}
+
+TEST_CASE("with global capacity the batch's results do not depend on how it is split",
+          "[layer][global]") {
+  // SPEC.md section 4: the same 96 tokens on 1, 2 or 4 ranks (unevenly, one rank empty) give the
+  // counts of one rank holding them all, and outputs within 1e-6 of each other: each run is
+  // checked within 5e-7 of the float64 result of the unsplit batch.
+  auto world = comm::MpiCommunicator::world();
+  const int size = world->size();
+  for (const char* policy : {"position", "score"}) {
+    DYNAMIC_SECTION(policy) {
+      ref::CaseSpec spec;
+      spec.config.num_experts = 8;
+      spec.config.d_model = 12;
+      spec.config.d_hidden = 20;
+      spec.config.capacity_scope = "global";
+      spec.config.drop_policy = policy;
+      spec.config.capacity_factor = 0.75;
+      spec.config.min_capacity = 1;
+      spec.hot_expert = true;
+      spec.tokens_per_rank = {96};
+      spec.seed = 4242;
+      const ref::LayerCase whole = ref::make_case(spec);
+      const ref::LayerResult expected = ref::run_reference(whole);
+      REQUIRE(expected.dropped_assignments > 0);
+      ref::LayerCase split = whole;
+      REQUIRE((size == 1 || size == 2 || size == 4));
+      split.tokens_per_rank = size == 1 ? std::vector<std::int64_t>{96}
+                              : size == 2 ? std::vector<std::int64_t>{61, 35}
+                                          : std::vector<std::int64_t>{40, 0, 33, 23};
+      const LayerCase lc = layer_case_from_file(test::to_case_file(split), "split");
+      const RankRun run = run_layer(*world, lc);
+      CHECK(run.result.stats.expert_counts == expected.expert_counts);
+      CHECK(run.result.stats.expert_kept == expected.expert_kept);
+      CHECK(run.result.stats.dropped_tokens == expected.dropped_tokens);
+      const std::int64_t d = lc.config.d_model;
+      const auto first = expected.output.begin() + lc.first_row(world->rank()) * d;
+      test::ErrorSums output_error;
+      output_error.add(run.y, std::vector<double>(first, first + static_cast<std::ptrdiff_t>(run.y.size())));
+      CHECK(group_relative_error(*world, output_error) <= 5e-7);
+    }
+  }
 }

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "experts/activation.hpp"
+#include "experts/expert_shard.hpp"
 #include "runtime/error.hpp"
 #include "runtime/layer_case.hpp"
 
@@ -36,7 +37,75 @@ MoeConfig to_config(const ref::LayerConfig& config) {
   out.normalize_topk = config.normalize_topk;
   out.aux_loss_coef = config.aux_loss_coef;
   out.z_loss_coef = config.z_loss_coef;
+  out.gate = parse_gate_kind(config.gate).value();
+  out.n_group = config.n_group;
+  out.topk_group = config.topk_group;
+  out.routed_scaling_factor = config.routed_scaling_factor;
+  out.capacity_scope = parse_capacity_scope(config.capacity_scope).value();
+  out.bias_update_rate = config.bias_update_rate;
+  out.d_shared_hidden = config.d_shared_hidden;
   return out;
+}
+
+namespace {
+
+void put_expert(std::map<std::string, Tensor>& tensors, const std::string& prefix,
+                const ref::ExpertParams& p, std::int64_t d, std::int64_t h, bool gated) {
+  tensors[prefix + "w1.weight"] = to_tensor({h, d}, p.w1);
+  tensors[prefix + "w2.weight"] = to_tensor({d, h}, p.w2);
+  if (gated) {
+    tensors[prefix + "w3.weight"] = to_tensor({h, d}, p.w3);
+  } else {
+    tensors[prefix + "w1.bias"] = to_tensor({h}, p.b1);
+    tensors[prefix + "w2.bias"] = to_tensor({d}, p.b2);
+  }
+}
+
+std::vector<double> widen(std::span<const float> v) { return {v.begin(), v.end()}; }
+
+ref::ExpertParams read_expert(const std::map<std::string, Tensor>& t, const std::string& prefix,
+                              experts::Activation activation) {
+  ref::ExpertParams p;
+  for (std::string_view name : experts::expert_param_names(activation)) {
+    expert_param(p, name) = widen(t.at(prefix + std::string(name)).f32());
+  }
+  return p;
+}
+
+}  // namespace
+
+ref::LayerCase from_case_file(const LayerCase& lc) {
+  ref::LayerCase c;
+  const MoeConfig& m = lc.config;
+  c.config.num_experts = m.num_experts;
+  c.config.d_model = m.d_model;
+  c.config.d_hidden = m.d_hidden;
+  c.config.top_k = m.top_k;
+  c.config.capacity_factor = m.capacity_factor;
+  c.config.min_capacity = m.min_capacity;
+  c.config.drop_policy = std::string(to_string(m.drop_policy));
+  c.config.activation = std::string(experts::to_string(m.activation));
+  c.config.normalize_topk = m.normalize_topk;
+  c.config.aux_loss_coef = m.aux_loss_coef;
+  c.config.z_loss_coef = m.z_loss_coef;
+  c.config.gate = std::string(to_string(m.gate));
+  c.config.n_group = m.n_group;
+  c.config.topk_group = m.topk_group;
+  c.config.routed_scaling_factor = m.routed_scaling_factor;
+  c.config.capacity_scope = std::string(to_string(m.capacity_scope));
+  c.config.bias_update_rate = m.bias_update_rate;
+  c.config.d_shared_hidden = m.d_shared_hidden;
+  c.tokens_per_rank = lc.tokens_per_rank;
+  const auto& t = lc.file.tensors;
+  c.input = widen(t.at("input").f32());
+  if (lc.has_grad_output()) c.grad_output = widen(t.at("grad_output").f32());
+  c.params.gate = widen(t.at("gate.weight").f32());
+  if (auto bias = t.find(std::string(kSelectionBias)); bias != t.end()) c.params.score_bias = widen(bias->second.f32());
+  for (std::int64_t e = 0; e < m.num_experts; ++e) {
+    c.params.experts.push_back(read_expert(t, "experts." + std::to_string(e) + ".", m.activation));
+  }
+  if (m.has_shared_expert()) c.params.shared_expert = read_expert(t, std::string(kSharedPrefix), m.activation);
+  return c;
 }
 
 SafetensorsFile to_case_file(const ref::LayerCase& c) {
@@ -50,18 +119,14 @@ SafetensorsFile to_case_file(const ref::LayerCase& c) {
   if (c.grad_output.size() == c.input.size()) {
     tensors["grad_output"] = to_tensor({total, d}, c.grad_output);
   }
+  const bool gated = cfg.activation == "swiglu";
   for (std::int64_t e = 0; e < e_count; ++e) {
-    const ref::ExpertParams& p = c.params.experts[static_cast<std::size_t>(e)];
-    const std::string prefix = "experts." + std::to_string(e) + ".";
-    tensors[prefix + "w1.weight"] = to_tensor({h, d}, p.w1);
-    tensors[prefix + "w2.weight"] = to_tensor({d, h}, p.w2);
-    if (cfg.activation == "swiglu") {
-      tensors[prefix + "w3.weight"] = to_tensor({h, d}, p.w3);
-    } else {
-      tensors[prefix + "w1.bias"] = to_tensor({h}, p.b1);
-      tensors[prefix + "w2.bias"] = to_tensor({d}, p.b2);
-    }
+    put_expert(tensors, "experts." + std::to_string(e) + ".", c.params.experts[static_cast<std::size_t>(e)], d, h, gated);
   }
+  if (c.params.shared_expert) {
+    put_expert(tensors, std::string(kSharedPrefix), *c.params.shared_expert, d, cfg.d_shared_hidden, gated);
+  }
+  if (!c.params.score_bias.empty()) tensors[std::string(kSelectionBias)] = to_tensor({e_count}, c.params.score_bias);
   return make_layer_case_file(to_config(cfg), c.tokens_per_rank, std::move(tensors));
 }
 
@@ -167,6 +232,68 @@ std::vector<NamedCase> standard_cases(int ranks) {
     s.config.activation = "swiglu";
     s.config.drop_policy = "score";
   }));
+
+  // SPEC version 2: each new key alone, then all together.
+  cases.push_back(make("sigmoid_bias", [](auto& s) {
+    s.config.gate = "sigmoid";
+    s.config.bias_update_rate = 0.01;
+    s.config.capacity_factor = 0.75;
+    s.with_score_bias = true;
+  }));
+  cases.push_back(make("groups", [](auto& s) {
+    s.config.n_group = 4;
+    s.config.topk_group = 2;
+  }));
+  cases.push_back(make("scaled_normalized", [](auto& s) {
+    s.config.routed_scaling_factor = 2.5;
+    s.config.normalize_topk = true;
+  }));
+  cases.push_back(make("shared_expert", [](auto& s) { s.config.d_shared_hidden = 16; }));
+  cases.push_back(make("shared_swiglu_dropping", [](auto& s) {
+    s.config.d_shared_hidden = 12;
+    s.config.activation = "swiglu";
+    s.config.capacity_factor = 0.5;
+    s.config.min_capacity = 1;
+    s.hot_expert = true;
+  }, with_empty));
+  cases.push_back(make("global_position", [](auto& s) {
+    s.config.capacity_scope = "global";
+    s.config.capacity_factor = 0.5;
+    s.config.min_capacity = 1;
+    s.hot_expert = true;
+  }));
+  cases.push_back(make("global_score", [](auto& s) {
+    s.config.capacity_scope = "global";
+    s.config.drop_policy = "score";
+    s.config.capacity_factor = 0.75;
+    s.config.min_capacity = 1;
+  }, with_empty));
+  // Placement of SPEC.md section 1: E not divisible by P (5 on 2 or 4 ranks), and more ranks than
+  // experts (3 experts: on 4 ranks one owns none).
+  cases.push_back(make("experts5", [](auto& s) {
+    s.config.num_experts = 5;
+    s.config.top_k = 2;
+  }));
+  cases.push_back(make("experts3", [](auto& s) {
+    s.config.num_experts = 3;
+    s.config.top_k = 2;
+    s.config.capacity_factor = 0.75;
+  }));
+  cases.push_back(make("deepseek_v3", [](auto& s) {
+    s.config.gate = "sigmoid";
+    s.config.num_experts = 16;
+    s.config.n_group = 4;
+    s.config.topk_group = 2;
+    s.config.top_k = 4;
+    s.config.normalize_topk = true;
+    s.config.routed_scaling_factor = 2.5;
+    s.config.activation = "swiglu";
+    s.config.d_shared_hidden = 24;
+    s.config.capacity_scope = "global";
+    s.config.bias_update_rate = 0.001;
+    s.config.aux_loss_coef = 0.001;
+    s.with_score_bias = true;
+  }, tokens({40, 17, 63, 0})));
   return cases;
 }
 

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "runtime/config.hpp"
+#include "runtime/layer_case.hpp"
 #include "runtime/safetensors.hpp"
 #include "tests/reference/moe_reference.hpp"
 
@@ -19,6 +20,10 @@ MoeConfig to_config(const ref::LayerConfig& config);
 // The case as a SPEC.md section 11 file: parameters, input, grad_output (when present) and
 // metadata. Values are exact: the generator draws float-representable numbers.
 SafetensorsFile to_case_file(const ref::LayerCase& c);
+
+// The reference's case read back from a layer case file (the file is the ground truth both sides
+// read).
+ref::LayerCase from_case_file(const LayerCase& lc);
 
 // The reference's tensor for an expert parameter named as in SPEC.md ("w1.weight", "w2.bias", ...).
 const std::vector<double>& expert_param(const ref::ExpertParams& params, std::string_view name);

@@ -25,7 +25,7 @@ LayerRun run_layer_case(comm::Communicator& comm, const LayerCase& lc, const Moe
   layer.backward(x, rows_of("grad_output"), run.dx, ctx);
   run.gate_grad.assign(layer.gate_weight_grad().begin(), layer.gate_weight_grad().end());
   comm.allreduce(std::span<float>(run.gate_grad), comm::ReduceOp::sum);
-  for (std::int64_t e = 0; e < layer.experts_per_rank(); ++e) {
+  for (std::int64_t e = 0; e < layer.local_experts(); ++e) {
     for (auto name : experts::expert_param_names(config.activation)) {
       const auto p = layer.expert_grads().param(e, name);
       run.expert_grads.emplace_back(p.begin(), p.end());
