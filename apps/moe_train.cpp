@@ -7,12 +7,14 @@
 // The job has ep_size x dp_size ranks; the batch (tokens per step, whole job) is split evenly
 // over them. By default a dense baseline with the same active parameters per token trains on the
 // same data afterwards, so the two can be compared.
+#include <algorithm>
 #include <boost/program_options.hpp>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
 
@@ -20,6 +22,7 @@
 #include "apps/layer_options.hpp"
 #include "apps/mpi_program.hpp"
 #include "apps/trainer.hpp"
+#include "runtime/config_fields.hpp"
 #include "runtime/error.hpp"
 
 namespace po = boost::program_options;
@@ -35,6 +38,34 @@ struct Options {
   std::string baseline = "dense";
   std::string json_path;
 };
+
+// Until apps/layer_options makes an option of every field of the config table: the layer fields
+// it does not offer yet (--gate, --bias-update-rate, --d-shared-hidden, --n-group, ...), as text,
+// set through the table. Adds nothing once layer_options has them all.
+std::map<std::string, std::string> pending_fields;
+
+void add_missing_layer_options(po::options_description& desc) {
+  for (const ConfigField& f : config_fields()) {
+    std::string option(f.name);
+    std::replace(option.begin(), option.end(), '_', '-');
+    if (f.name == "num_experts" || desc.find_nothrow(option, false)) continue;
+    desc.add_options()(option.c_str(),
+                       po::value<std::string>()->notifier([name = std::string(f.name)](const std::string& v) {
+                         pending_fields[name] = v;
+                       }),
+                       std::string(f.help).c_str());
+  }
+}
+
+void finish_missing_layer_options(MoeConfig& config) {
+  for (const auto& [name, text] : pending_fields) {
+    try {
+      find_config_field(name)->from_text(config, text);
+    } catch (const Error& e) {
+      throw apps::UsageError(e.what());
+    }
+  }
+}
 
 std::optional<Options> parse_options(int argc, char** argv, const comm::Communicator& world) {
   Options o;
@@ -70,12 +101,12 @@ std::optional<Options> parse_options(int argc, char** argv, const comm::Communic
        "spread of a cluster around its centre")
       ("seed", po::value(&t.task.seed)->default_value(t.task.seed), "seed of the task and the parameters")
       ("ep-size", po::value(&t.ep_size)->default_value(t.ep_size),
-       "expert-parallel ranks (a divisor of the rank count and of --experts); dp = ranks / ep")
+       "expert-parallel ranks (a divisor of the rank count; any --experts); dp = ranks / ep")
       ("log-every", po::value(&t.log_every)->default_value(t.log_every), "steps between progress lines")
       ("eval-tokens", po::value(&t.eval_tokens)->default_value(t.eval_tokens),
        "held-out tokens for the loss, purity and load at start and end")
       ("baseline", po::value(&o.baseline)->default_value(o.baseline),
-       "dense: also train the dense baseline (one FFN of hidden k*h per block); none: skip it")
+       "dense: also train the dense baseline (one FFN of hidden k*h + h_s per block); none: skip it")
       ("save", po::value(&t.save_dir), "checkpoint directory (a step-N subdirectory per save)")
       ("save-every", po::value(&t.save_every)->default_value(500),
        "steps between checkpoints (0: only at the end); needs --save")
@@ -85,6 +116,7 @@ std::optional<Options> parse_options(int argc, char** argv, const comm::Communic
       ("json", po::value(&o.json_path), "also write progress and the summary as JSON lines to FILE");
   apps::add_layer_options(desc, o.layer);
   apps::add_execution_options(desc, o.execution);
+  add_missing_layer_options(desc);
   po::variables_map vm;
   po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
   if (vm.count("help")) {
@@ -94,6 +126,7 @@ std::optional<Options> parse_options(int argc, char** argv, const comm::Communic
   po::notify(vm);
   apps::finish_layer_options(o.layer);
   apps::finish_execution_options(o.execution, o.layer.config);
+  finish_missing_layer_options(o.layer.config);
   t.model.layer = o.layer.config;
   t.task.d_model = o.layer.config.d_model;
   t.task.d_out = t.model.d_out;
@@ -122,25 +155,35 @@ std::optional<Options> parse_options(int argc, char** argv, const comm::Communic
 json progress_json(const apps::Progress& p) {
   return {{"type", "progress"}, {"model", p.model},  {"step", p.step},
           {"loss", p.loss},     {"aux", p.aux},      {"z_loss", p.z},
-          {"drop_rate", p.drop_rate}, {"tokens_per_s", p.tokens_per_s}};
+          {"drop_rate", p.drop_rate}, {"load_max_over_mean", p.load_max_over_mean},
+          {"tokens_per_s", p.tokens_per_s}};
 }
 
 json evaluation_json(const apps::Evaluation& e) {
-  return {{"loss", e.loss}, {"drop_rate", e.drop_rate}, {"purity", e.purity},
-          {"top_expert", e.top_expert}, {"load", e.load}};
+  json load_max_over_mean = json::array();
+  for (const auto& load : e.load) load_max_over_mean.push_back(apps::max_over_mean(load));
+  return {{"loss", e.loss},     {"drop_rate", e.drop_rate}, {"purity", e.purity},
+          {"top_expert", e.top_expert}, {"load", e.load}, {"load_max_over_mean", load_max_over_mean},
+          {"selection_bias", e.selection_bias}};
 }
 
 // The layer settings that matter for training, in one short line.
 std::string describe(const apps::TrainOptions& t) {
   const MoeConfig& c = t.model.layer;
-  char text[256];
-  std::snprintf(text, sizeof text, "%lld layers, E=%lld d=%lld h=%lld k=%lld cf=%g %s, %lld clusters",
+  char text[320];
+  std::snprintf(text, sizeof text, "%lld layers, E=%lld d=%lld h=%lld k=%lld cf=%g %s, %s gate",
                 static_cast<long long>(t.model.num_layers), static_cast<long long>(c.num_experts),
                 static_cast<long long>(c.d_model), static_cast<long long>(c.d_hidden),
                 static_cast<long long>(c.top_k), c.capacity_factor,
-                std::string(experts::to_string(c.activation)).c_str(),
-                static_cast<long long>(t.task.clusters));
-  return text;
+                std::string(experts::to_string(c.activation)).c_str(), std::string(to_string(c.gate)).c_str());
+  std::string line = text;
+  if (c.bias_update_rate > 0) line += " (bias update " + format_double(c.bias_update_rate) + ")";
+  if (c.n_group > 1) {
+    line += ", " + std::to_string(c.groups_per_token()) + " of " + std::to_string(c.n_group) + " groups";
+  }
+  if (c.has_shared_expert()) line += ", shared expert h=" + std::to_string(c.d_shared_hidden);
+  line += ", aux " + format_double(c.aux_loss_coef) + ", " + std::to_string(t.task.clusters) + " clusters";
+  return line;
 }
 
 double mean(const std::vector<double>& v) {
@@ -161,7 +204,7 @@ void print_summary(const Options& o, int world_size, const apps::RunResult& moe,
               moe.start.loss / moe.end.loss);
   if (dense) {
     std::printf("dense baseline (hidden %lld, same active parameters and steps): start %.4f  end %.5f\n",
-                static_cast<long long>(t.model.layer.top_k * t.model.layer.d_hidden),
+                static_cast<long long>(apps::dense_hidden(t.model.layer)),
                 dense->start.loss, dense->end.loss);
   }
   std::printf("routing purity (share of a cluster's tokens whose first choice is its most used expert):\n");
@@ -177,7 +220,8 @@ void print_summary(const Options& o, int world_size, const apps::RunResult& moe,
   for (std::size_t l = 0; l < moe.end.load.size(); ++l) {
     std::printf("  layer %zu:", l);
     for (double share : moe.end.load[l]) std::printf(" %5.1f%%", 100.0 * share);
-    std::printf("\n");
+    std::printf("  max/mean %.2f (at start %.2f)\n", apps::max_over_mean(moe.end.load[l]),
+                apps::max_over_mean(moe.start.load[l]));
   }
   std::printf("time (rank 0):");
   for (const auto& [name, seconds] : moe.phase_seconds) std::printf(" %s %.2fs,", name.c_str(), seconds);
@@ -224,9 +268,14 @@ int run(comm::MpiCommunicator& world, const Options& o) {
   };
   auto report = [&](const apps::Progress& p) {
     if (!root) return;
-    std::printf("%sstep %lld  loss %.4f  aux %.4f  drop %.1f%%  %.0f tok/s\n",
-                p.model == "moe" ? "" : "dense ", static_cast<long long>(p.step), p.loss, p.aux,
-                100.0 * p.drop_rate, p.tokens_per_s);
+    if (p.model == "moe") {
+      std::printf("step %lld  loss %.4f  aux %.4f  drop %.1f%%  load %.2f  %.0f tok/s\n",
+                  static_cast<long long>(p.step), p.loss, p.aux, 100.0 * p.drop_rate,
+                  p.load_max_over_mean, p.tokens_per_s);
+    } else {
+      std::printf("dense step %lld  loss %.4f  %.0f tok/s\n", static_cast<long long>(p.step), p.loss,
+                  p.tokens_per_s);
+    }
     std::fflush(stdout);
     write_json(progress_json(p));
   };
@@ -245,7 +294,7 @@ int run(comm::MpiCommunicator& world, const Options& o) {
     b.model.kind = apps::BlockKind::dense;
     b.save_dir.clear();
     b.resume_dir.clear();  // the baseline always trains from step 0 to --steps
-    if (root) std::printf("dense baseline: same data and steps, one FFN of hidden k*h per block\n");
+    if (root) std::printf("dense baseline: same data and steps, one FFN of hidden k*h + h_s per block\n");
     dense = apps::train(world, b, report);
   }
   const double wall =

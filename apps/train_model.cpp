@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 
 #include "experts/gemm.hpp"
 #include "runtime/initialization.hpp"
@@ -25,7 +26,7 @@ struct TrainModel::Block {
   std::span<float> norm_weight, norm_bias, grad_norm_weight, grad_norm_bias;
   std::unique_ptr<MoeLayer> moe;
   ForwardContext moe_ctx;
-  experts::ExpertShard ffn, ffn_grads;   // one "expert" of hidden k·h (dense baseline)
+  experts::ExpertShard ffn, ffn_grads;   // one "expert" of hidden k·h + h_s (dense baseline)
   experts::FfnActivations ffn_saved;
   std::vector<float> normed, out;        // LayerNorm output (block input) and block output
   LayerNormSaved norm_saved;
@@ -58,19 +59,9 @@ TrainModel::TrainModel(const ModelConfig& config, ParallelGroups& groups, comm::
       MoeConfig labelled = c;
       labelled.label = prefix + "moe";
       block->moe = std::make_unique<MoeLayer>(labelled, *groups.ep);
-      MoeLayer& layer = *block->moe;
-      params_.push_back({prefix + "moe.gate.weight", {c.num_experts, d}, layer.gate_weight(),
-                         layer.gate_weight_grad(), false});
-      for (std::int64_t e = 0; e < layer.local_experts(); ++e) {
-        const std::string expert =
-            prefix + "moe.experts." + std::to_string(layer.first_expert() + e) + ".";
-        for (std::string_view p : experts::expert_param_names(c.activation)) {
-          params_.push_back({expert + std::string(p), layer.experts().param_shape(p),
-                             layer.experts().param(e, p), layer.expert_grads().param(e, p), true});
-        }
-      }
+      add_moe_parameters(prefix + "moe.", *block->moe);
     } else {
-      const experts::ExpertShape shape{d, c.top_k * c.d_hidden, c.activation};
+      const experts::ExpertShape shape{d, dense_hidden(c), c.activation};
       block->ffn = experts::ExpertShard(1, shape);
       block->ffn_grads = experts::ExpertShard(1, shape);
       for (std::string_view p : experts::expert_param_names(c.activation)) {
@@ -80,10 +71,39 @@ TrainModel::TrainModel(const ModelConfig& config, ParallelGroups& groups, comm::
     }
     blocks_.push_back(std::move(block));
   }
+  final_norm_weight_ = params_.size();
   add_replicated("norm.weight", {d}, flat(d));
+  final_norm_bias_ = params_.size();
   add_replicated("norm.bias", {d}, flat(d));
+  head_weight_ = params_.size();
   add_replicated("head.weight", {config.d_out, d}, flat(config.d_out * d));
+  head_bias_ = params_.size();
   add_replicated("head.bias", {config.d_out}, flat(config.d_out));
+}
+
+void TrainModel::add_moe_parameters(const std::string& prefix, MoeLayer& layer) {
+  const MoeConfig& c = layer.config();
+  params_.push_back({prefix + "gate.weight", {c.num_experts, c.d_model}, layer.gate_weight(),
+                     layer.gate_weight_grad(), false});
+  if (c.gate == GateKind::sigmoid) {
+    buffers_.push_back({prefix + "gate.e_score_correction_bias", {c.num_experts}, layer.selection_bias()});
+  }
+  // The shared expert is replicated like the router (its gradient is reduced the same way).
+  experts::ExpertShard& shared = layer.shared_expert();
+  for (std::int64_t e = 0; e < shared.num_experts(); ++e) {
+    for (std::string_view p : experts::expert_param_names(c.activation)) {
+      params_.push_back({prefix + "shared_expert." + std::string(p), shared.param_shape(p),
+                         shared.param(e, p), layer.shared_expert_grads().param(e, p), false});
+    }
+  }
+  // This rank's experts by global index; none when the group has more ranks than experts.
+  for (std::int64_t e = 0; e < layer.local_experts(); ++e) {
+    const std::string expert = prefix + "experts." + std::to_string(layer.first_expert() + e) + ".";
+    for (std::string_view p : experts::expert_param_names(c.activation)) {
+      params_.push_back({expert + std::string(p), layer.experts().param_shape(p),
+                         layer.experts().param(e, p), layer.expert_grads().param(e, p), true});
+    }
+  }
 }
 
 TrainModel::~TrainModel() = default;
@@ -98,24 +118,46 @@ void TrainModel::add_replicated(std::string name, std::vector<std::int64_t> shap
 }
 
 void TrainModel::init(std::uint64_t seed) {
-  const MoeConfig& c = config_.layer;
+  // A bias has no fan-in of its own: nn.Linear gives it its weight's (the weight's second
+  // dimension), so `X.bias` looks up `X.weight`, which every rank holding the bias also holds.
+  std::map<std::string_view, std::int64_t> fan_in_of_weight;
+  for (const Parameter& p : params_) {
+    if (p.shape.size() == 2) fan_in_of_weight[p.name] = p.shape[1];
+  }
   for (Parameter& p : params_) {
     if (p.name.ends_with("norm.weight")) {
       std::fill(p.value.begin(), p.value.end(), 1.0f);
     } else if (p.name.ends_with("norm.bias")) {
       std::fill(p.value.begin(), p.value.end(), 0.0f);
     } else {
-      // nn.Linear: weight [out, in] and its bias uniform in ±1/sqrt(in). A bias has no `in` of its
-      // own: w2's reads the hidden layer, every other one the model dimension.
-      std::int64_t fan_in = c.d_model;
-      if (p.shape.size() == 2) {
-        fan_in = p.shape[1];
-      } else if (p.name.ends_with("w2.bias")) {
-        fan_in = config_.kind == BlockKind::moe ? c.d_hidden : c.top_k * c.d_hidden;
-      }
+      // nn.Linear: weight [out, in] and its bias uniform in ±1/sqrt(in).
+      const std::int64_t fan_in =
+          p.shape.size() == 2
+              ? p.shape[1]
+              : fan_in_of_weight.at(p.name.substr(0, p.name.size() - std::string_view("bias").size()) + "weight");
       fill_uniform(p.value, static_cast<float>(1.0 / std::sqrt(static_cast<double>(fan_in))), seed,
                    p.name);
     }
+  }
+  // The selection bias starts at zero, as in DeepSeek-V3.
+  for (Buffer& b : buffers_) std::fill(b.value.begin(), b.value.end(), 0.0f);
+}
+
+void TrainModel::update_selection_biases() {
+  const MoeConfig& c = config_.layer;
+  if (config_.kind != BlockKind::moe || c.bias_update_rate == 0) return;
+  const std::size_t E = sz(c.num_experts);
+  bias_counts_.resize(blocks_.size() * E);
+  for (std::size_t i = 0; i < blocks_.size(); ++i) {
+    const auto& counts = blocks_[i]->moe_ctx.result().stats.expert_counts;
+    std::copy(counts.begin(), counts.end(), bias_counts_.begin() + static_cast<std::ptrdiff_t>(i * E));
+  }
+  // Each expert-parallel group counted its own tokens; the bias is shared by every replica.
+  if (groups_.dp_size > 1) groups_.dp->allreduce(std::span<std::int64_t>(bias_counts_), comm::ReduceOp::sum);
+  for (std::size_t i = 0; i < blocks_.size(); ++i) {
+    bias_result_.stats.expert_counts.assign(bias_counts_.begin() + static_cast<std::ptrdiff_t>(i * E),
+                                            bias_counts_.begin() + static_cast<std::ptrdiff_t>((i + 1) * E));
+    blocks_[i]->moe->update_selection_bias(bias_result_);
   }
 }
 
@@ -139,6 +181,7 @@ ForwardSummary TrainModel::forward(std::span<const float> x, std::span<const flo
       summary.z_loss += r.z_loss;
       summary.assignments += r.stats.total_tokens * config_.layer.top_k;
       summary.dropped += r.stats.dropped_assignments;
+      summary.load_max_over_mean += r.stats.load_max_over_mean / static_cast<double>(blocks_.size());
     } else {
       const std::int64_t offsets[2] = {0, tokens_};
       experts::ffn_forward(b.ffn, b.normed, offsets, b.out, b.ffn_saved);
@@ -146,10 +189,10 @@ ForwardSummary TrainModel::forward(std::span<const float> x, std::span<const flo
     residual_[i + 1].resize(rows);
     for (std::size_t j = 0; j < rows; ++j) residual_[i + 1][j] = residual_[i][j] + b.out[j];
   }
-  const Parameter& final_w = params_[params_.size() - 4];
-  const Parameter& final_b = params_[params_.size() - 3];
-  const Parameter& head_w = params_[params_.size() - 2];
-  const Parameter& head_b = params_[params_.size() - 1];
+  const Parameter& final_w = params_[final_norm_weight_];
+  const Parameter& final_b = params_[final_norm_bias_];
+  const Parameter& head_w = params_[head_weight_];
+  const Parameter& head_b = params_[head_bias_];
   final_norm_out_.resize(rows);
   layer_norm_forward(residual_.back(), d, final_w.value, final_b.value, final_norm_out_,
                      final_norm_saved_);
@@ -171,10 +214,10 @@ void TrainModel::backward() {
   const std::int64_t d = config_.layer.d_model, d_out = config_.d_out;
   const std::size_t rows = sz(tokens_ * d);
   std::fill(flat_grads_.begin(), flat_grads_.end(), 0.0f);
-  Parameter& final_w = params_[params_.size() - 4];
-  Parameter& final_b = params_[params_.size() - 3];
-  Parameter& head_w = params_[params_.size() - 2];
-  Parameter& head_b = params_[params_.size() - 1];
+  Parameter& final_w = params_[final_norm_weight_];
+  Parameter& final_b = params_[final_norm_bias_];
+  Parameter& head_w = params_[head_weight_];
+  Parameter& head_b = params_[head_bias_];
 
   // d(MSE of the group)/d(prediction); the group mean is taken over all its tokens.
   const float scale = 2.0f / static_cast<float>(group_tokens_ * d_out);

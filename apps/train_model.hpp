@@ -3,7 +3,8 @@
 //   h_0 = x;  h_{i+1} = h_i + block_i(LayerNorm_i(h_i));  prediction = head(LayerNorm(h_L))
 //
 // where each block is an expert-parallel MoeLayer, or (the dense baseline) one dense FFN of hidden
-// size k·h, which has the same active parameters per token. The loss is the mean squared error of
+// size k·h + h_s (h_s: the shared expert's, if any), which has the same active parameters per
+// token. The loss is the mean squared error of
 // the prediction plus the MoE layers' auxiliary losses.
 //
 // Data parallelism: each rank holds its own tokens. The loss of an expert-parallel group is over
@@ -27,6 +28,9 @@ namespace moe::apps {
 
 enum class BlockKind { moe, dense };
 
+// The dense baseline's hidden size: the active hidden units of a token in the MoE layer, k·h + h_s.
+inline std::int64_t dense_hidden(const MoeConfig& c) { return c.top_k * c.d_hidden + c.d_shared_hidden; }
+
 struct ModelConfig {
   MoeConfig layer;              // the MoE layers' settings (and d, h, k for the dense baseline)
   std::int64_t num_layers = 2;
@@ -43,6 +47,15 @@ struct Parameter {
   bool expert = false;               // owned by this rank's expert-parallel position, else replicated
 };
 
+// A tensor of the model's state that no gradient trains, replicated on every rank and saved in a
+// checkpoint without optimizer moments: the sigmoid gate's selection bias
+// "layers.{i}.moe.gate.e_score_correction_bias", moved by update_selection_biases.
+struct Buffer {
+  std::string name;
+  std::vector<std::int64_t> shape;
+  std::span<float> value;
+};
+
 // What one forward measured. Group-level figures (aux, drops, counts) are the same on every rank
 // of an expert-parallel group.
 struct ForwardSummary {
@@ -51,6 +64,8 @@ struct ForwardSummary {
   double z_loss = 0;
   std::int64_t assignments = 0;      // top-k assignments over the layers (group)
   std::int64_t dropped = 0;          // of which dropped (group)
+  double load_max_over_mean = 0;     // the busiest expert's assignments over the mean, averaged
+                                     // over the MoE layers (group; 1 when balanced)
 };
 
 class TrainModel {
@@ -65,6 +80,8 @@ class TrainModel {
   const ModelConfig& config() const { return config_; }
   // Every parameter this rank holds, in a fixed order (replicated ones and this rank's experts).
   std::vector<Parameter>& parameters() { return params_; }
+  // Every buffer (all replicated), in a fixed order.
+  std::vector<Buffer>& buffers() { return buffers_; }
 
   // PyTorch's nn.Linear/nn.LayerNorm initialisation from the counter-based generator, keyed by
   // parameter name: independent of the rank count.
@@ -75,6 +92,13 @@ class TrainModel {
   // MSE of the group is taken over it).
   ForwardSummary forward(std::span<const float> x, std::span<const float> target,
                          std::int64_t group_tokens);
+
+  // Collective over the world. Auxiliary-loss-free balancing (SPEC.md section 3) after a training
+  // forward: moves each MoE layer's selection bias by bias_update_rate · sign(mean − count), from
+  // the counts of the last forward summed over the data-parallel replicas, so the bias, which is
+  // replicated over the whole world, stays identical on every rank. Nothing to do (and no
+  // collective) when bias_update_rate is 0 or the model is dense.
+  void update_selection_biases();
 
   // Collective. Backward of the last forward: zeroes, then fills every gradient with this rank's
   // contribution (a MoE layer's experts get theirs from the whole expert-parallel group).
@@ -98,6 +122,7 @@ class TrainModel {
  private:
   struct Block;
   void add_replicated(std::string name, std::vector<std::int64_t> shape, std::size_t offset);
+  void add_moe_parameters(const std::string& prefix, MoeLayer& layer);
 
   ModelConfig config_;
   ParallelGroups& groups_;
@@ -107,6 +132,13 @@ class TrainModel {
   // gradients take one all-reduce.
   std::vector<float> flat_values_, flat_grads_;
   std::vector<Parameter> params_;
+  std::vector<Buffer> buffers_;
+  // The final LayerNorm and the head: positions in params_.
+  std::size_t final_norm_weight_ = 0, final_norm_bias_ = 0, head_weight_ = 0, head_bias_ = 0;
+  // The selection-bias update's counts [layers, E], summed over the data-parallel replicas, and
+  // the result handed to each layer's update.
+  std::vector<std::int64_t> bias_counts_;
+  ForwardResult bias_result_;
   // Per-batch state of the last forward.
   std::int64_t tokens_ = 0, group_tokens_ = 0;
   std::vector<std::vector<float>> residual_;   // h_0 .. h_L

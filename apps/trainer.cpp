@@ -1,10 +1,11 @@
 #include "apps/trainer.hpp"
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 
-#include "experts/gemm.hpp"
 #include "runtime/checkpoint.hpp"
+#include "runtime/config_fields.hpp"
 #include "runtime/error.hpp"
 
 namespace moe::apps {
@@ -31,19 +32,22 @@ struct PhaseTimes {
 
 // The whole job's view of a stretch of training steps (a progress line).
 struct Window {
-  double values[6] = {};  // sse, target values, aux, z, dropped, assignments (see add)
+  // Sums over the window, one all-reduce for all of them.
+  enum Sum { sse, target_values, aux, z, dropped, assignments, load_ratio, num_sums };
+  std::array<double, num_sums> sums{};
   std::int64_t steps = 0;
   Clock::time_point start = Clock::now();
 
   // Group-level figures are counted once per expert-parallel group: by its rank 0.
-  void add(const ForwardSummary& s, std::int64_t target_values, bool group_leader) {
-    values[0] += s.sum_squared_error;
-    values[1] += static_cast<double>(target_values);
+  void add(const ForwardSummary& s, std::int64_t target_values_here, bool group_leader) {
+    sums[sse] += s.sum_squared_error;
+    sums[target_values] += static_cast<double>(target_values_here);
     if (group_leader) {
-      values[2] += s.aux_loss;
-      values[3] += s.z_loss;
-      values[4] += static_cast<double>(s.dropped);
-      values[5] += static_cast<double>(s.assignments);
+      sums[aux] += s.aux_loss;
+      sums[z] += s.z_loss;
+      sums[dropped] += static_cast<double>(s.dropped);
+      sums[assignments] += static_cast<double>(s.assignments);
+      sums[load_ratio] += s.load_max_over_mean;
     }
     ++steps;
   }
@@ -51,20 +55,32 @@ struct Window {
   // Collective over the world; resets the window.
   Progress finish(comm::Communicator& world, int dp_size, std::int64_t batch, std::int64_t step,
                   const char* model) {
-    world.allreduce(std::span<double>(values), comm::ReduceOp::sum);
+    world.allreduce(std::span<double>(sums), comm::ReduceOp::sum);
     Progress p;
     p.model = model;
     p.step = step;
     const double group_steps = static_cast<double>(dp_size * steps);
-    p.loss = values[0] / values[1];
-    p.aux = values[2] / group_steps;
-    p.z = values[3] / group_steps;
-    p.drop_rate = values[5] > 0 ? values[4] / values[5] : 0.0;
+    p.loss = sums[sse] / sums[target_values];
+    p.aux = sums[aux] / group_steps;
+    p.z = sums[z] / group_steps;
+    p.drop_rate = sums[assignments] > 0 ? sums[dropped] / sums[assignments] : 0.0;
+    p.load_max_over_mean = sums[load_ratio] / group_steps;
     p.tokens_per_s = static_cast<double>(batch * steps) / since(start);
     *this = Window{};
     return p;
   }
 };
+
+// Each expert's share of the assignments.
+std::vector<double> load_shares(std::span<const std::int64_t> counts) {
+  std::int64_t total = 0;
+  for (std::int64_t n : counts) total += n;
+  std::vector<double> shares(counts.size(), 0.0);
+  for (std::size_t e = 0; e < counts.size(); ++e) {
+    if (total > 0) shares[e] = static_cast<double>(counts[e]) / static_cast<double>(total);
+  }
+  return shares;
+}
 
 // Rows [first, first + count) of `total` split over `parts` as evenly as possible.
 std::pair<std::int64_t, std::int64_t> share(std::int64_t total, int parts, int index) {
@@ -90,47 +106,35 @@ Evaluation evaluate(comm::Communicator& world, TrainModel& model, const Syntheti
   ev.drop_rate = sums[2] > 0 ? sums[1] / sums[2] : 0.0;
 
   const MoeConfig& c = model.config().layer;
-  const std::int64_t K = task.config().clusters, E = c.num_experts, d = c.d_model;
-  std::vector<float> logits(sz(count * E));
+  const std::int64_t K = task.config().clusters, E = c.num_experts, k = c.top_k;
   for (std::int64_t l = 0; l < model.config().num_layers; ++l) {
     const MoeLayer* layer = model.moe_layer(l);
     if (!layer) continue;
-    // First choices, recomputed from the router's input: argmax of the logits (softmax keeps the
-    // order), ties to the smaller expert as SPEC.md section 3 says.
-    experts::gemm(experts::Op::none, experts::Op::transpose, count, E, d, 1.0f,
-                  model.block_input(l), d, layer->gate_weight(), d, 0.0f, logits, E);
+    // The layer's own routing (with a sigmoid gate, its selection bias and group limits decide,
+    // not the largest logit): choice 0 of each token, counted per cluster.
+    const ForwardContext& ctx = model.moe_context(l);
+    const auto chosen = ctx.selected_experts();
     std::vector<std::int64_t> counts(sz(K * E + E), 0);  // [cluster, first choice], then load
-    for (std::int64_t t = 0; t < count; ++t) {
-      const float* row = logits.data() + t * E;
-      const auto best = std::max_element(row, row + E) - row;
-      ++counts[sz(batch.cluster[sz(t)] * E + best)];
-    }
+    for (std::int64_t t = 0; t < count; ++t) ++counts[sz(batch.cluster[sz(t)] * E + chosen[sz(t * k)])];
     if (leader) {
-      const auto& assigned = model.moe_context(l).result().stats.expert_counts;
+      const auto& assigned = ctx.result().stats.expert_counts;
       std::copy(assigned.begin(), assigned.end(), counts.begin() + K * E);
     }
     world.allreduce(std::span<std::int64_t>(counts), comm::ReduceOp::sum);
     std::vector<double> purity(sz(K));
     std::vector<std::int64_t> top(sz(K));
-    for (std::int64_t k = 0; k < K; ++k) {
-      const auto row = counts.begin() + k * E;
+    for (std::int64_t cluster = 0; cluster < K; ++cluster) {
+      const auto row = counts.begin() + cluster * E;
       const auto best = std::max_element(row, row + E);
       std::int64_t total = 0;
       for (std::int64_t e = 0; e < E; ++e) total += row[e];
-      purity[sz(k)] = total > 0 ? static_cast<double>(*best) / static_cast<double>(total) : 0.0;
-      top[sz(k)] = best - row;
-    }
-    std::vector<double> load(sz(E));
-    std::int64_t assignments = 0;
-    for (std::int64_t e = 0; e < E; ++e) assignments += counts[sz(K * E + e)];
-    for (std::int64_t e = 0; e < E; ++e) {
-      load[sz(e)] = assignments > 0 ? static_cast<double>(counts[sz(K * E + e)]) /
-                                          static_cast<double>(assignments)
-                                    : 0.0;
+      purity[sz(cluster)] = total > 0 ? static_cast<double>(*best) / static_cast<double>(total) : 0.0;
+      top[sz(cluster)] = best - row;
     }
     ev.purity.push_back(std::move(purity));
     ev.top_expert.push_back(std::move(top));
-    ev.load.push_back(std::move(load));
+    ev.load.push_back(load_shares(std::span(counts).subspan(sz(K * E))));
+    ev.selection_bias.emplace_back(layer->selection_bias().begin(), layer->selection_bias().end());
   }
   return ev;
 }
@@ -151,16 +155,7 @@ std::int64_t resume(comm::Communicator& world, const TrainOptions& o, TrainModel
   const CheckpointIndex index = open_checkpoint(world, o.resume_dir);
   std::int64_t step = 0;
   collectively(world, [&] {
-    const json saved = index.metadata.at("config");
-    const json mine = run_config(o);
-    std::string differences;
-    for (const auto& [key, value] : mine.items()) {
-      const json theirs = saved.contains(key) ? saved[key] : json();
-      if (theirs != value) {
-        differences += (differences.empty() ? "" : ", ") + key + " " + theirs.dump() +
-                       " in the checkpoint, " + value.dump() + " now";
-      }
-    }
+    const std::string differences = run_config_differences(index.metadata.at("config"), run_config(o));
     if (!differences.empty()) {
       throw Error("--resume " + index.dir.string() + ": the checkpoint was written with other " +
                   "model, task or optimizer options (" + differences +
@@ -175,6 +170,11 @@ std::int64_t resume(comm::Communicator& world, const TrainOptions& o, TrainModel
 
 }  // namespace
 
+double max_over_mean(const std::vector<double>& load) {
+  if (load.empty()) return 0.0;
+  return *std::max_element(load.begin(), load.end()) * static_cast<double>(load.size());
+}
+
 std::vector<CheckpointTensor> checkpoint_tensors(TrainModel& model, Adam& adam, bool experts,
                                                  bool replicated) {
   std::vector<CheckpointTensor> out;
@@ -186,37 +186,69 @@ std::vector<CheckpointTensor> checkpoint_tensors(TrainModel& model, Adam& adam, 
     out.push_back({"optimizer.exp_avg." + p.name, p.shape, adam.exp_avg(i)});
     out.push_back({"optimizer.exp_avg_sq." + p.name, p.shape, adam.exp_avg_sq(i)});
   }
+  if (replicated) {
+    for (const Buffer& b : model.buffers()) out.push_back({b.name, b.shape, b.value});
+  }
   return out;
 }
 
 json run_config(const TrainOptions& o) {
-  // Every setting that changes what is computed; not the exchange or overlap settings, which
-  // only change how fast.
-  const MoeConfig& c = o.model.layer;
-  return {{"model", o.model.kind == BlockKind::moe ? "moe" : "dense"},
-          {"layers", o.model.num_layers},
-          {"d_out", o.model.d_out},
-          {"experts", c.num_experts},
-          {"d_model", c.d_model},
-          {"d_hidden", c.d_hidden},
-          {"top_k", c.top_k},
-          {"capacity_factor", c.capacity_factor},
-          {"min_capacity", c.min_capacity},
-          {"drop_policy", std::string(to_string(c.drop_policy))},
-          {"activation", std::string(experts::to_string(c.activation))},
-          {"normalize_topk", c.normalize_topk},
-          {"aux_loss_coef", c.aux_loss_coef},
-          {"z_loss_coef", c.z_loss_coef},
-          {"clusters", o.task.clusters},
-          {"task_hidden", o.task.target_hidden},
-          {"noise", o.task.noise},
-          {"seed", o.task.seed},
-          {"batch", o.batch},
-          {"lr", o.adam.lr},
-          {"beta1", o.adam.beta1},
-          {"beta2", o.adam.beta2},
-          {"eps", o.adam.eps},
-          {"warmup_steps", o.warmup_steps}};
+  json config = {{"model", o.model.kind == BlockKind::moe ? "moe" : "dense"},
+                 {"layers", o.model.num_layers},
+                 {"d_out", o.model.d_out},
+                 {"clusters", o.task.clusters},
+                 {"task_hidden", o.task.target_hidden},
+                 {"noise", o.task.noise},
+                 {"seed", o.task.seed},
+                 {"batch", o.batch},
+                 {"lr", o.adam.lr},
+                 {"beta1", o.adam.beta1},
+                 {"beta2", o.adam.beta2},
+                 {"eps", o.adam.eps},
+                 {"warmup_steps", o.warmup_steps}};
+  // Every layer setting that changes what is computed, from the one table of config fields; not
+  // the execution settings (exchange, overlap, wire, ...), which only change how fast.
+  for (const ConfigField& f : config_fields()) {
+    if (f.kind != FieldKind::execution) config[std::string(f.name)] = f.to_text(o.model.layer);
+  }
+  return config;
+}
+
+std::string run_config_differences(const json& saved, const json& now) {
+  auto text = [](const json& value) {
+    return value.is_string() ? value.get<std::string>() : value.is_null() ? "none" : value.dump();
+  };
+  // A layer field as `saved` gives it: its own text, the field's default when absent (written
+  // before the field existed), normalised through the field so 0.0 and 0 read the same.
+  const auto saved_field = [&](const ConfigField& f) -> std::string {
+    const char* legacy = f.name == "num_experts" ? "experts" : nullptr;  // before SPEC version 2
+    const std::string key(f.name);
+    const json* value = saved.contains(key) ? &saved[key] : legacy && saved.contains(legacy) ? &saved[legacy] : nullptr;
+    MoeConfig config;
+    if (!value) return f.to_text(config);
+    try {
+      f.from_text(config, text(*value));
+      return f.to_text(config);
+    } catch (const Error&) {
+      return text(*value);
+    }
+  };
+  std::string differences;
+  auto differ = [&](const std::string& key, const std::string& theirs, const std::string& mine) {
+    differences += (differences.empty() ? "" : ", ") + key + " " + theirs + " in the checkpoint, " +
+                   mine + " now";
+  };
+  for (const auto& [key, value] : now.items()) {
+    const ConfigField* field = find_config_field(key);
+    if (field && field->kind != FieldKind::execution) {
+      const std::string theirs = saved_field(*field);
+      if (theirs != text(value)) differ(key, theirs, text(value));
+    } else {
+      const json theirs = saved.contains(key) ? saved[key] : json();
+      if (theirs != value) differ(key, text(theirs), text(value));
+    }
+  }
+  return differences;
 }
 
 RunResult train(comm::Communicator& world, const TrainOptions& o,
@@ -297,6 +329,7 @@ RunResult train(comm::Communicator& world, const TrainOptions& o,
     task.make_batch("train", step * o.batch + rank * per_rank, per_rank, batch);
     auto t1 = Clock::now();
     const ForwardSummary s = model.forward(batch.x, batch.target, group_tokens);
+    model.update_selection_biases();  // the routing of this step is already decided
     auto t2 = Clock::now();
     model.backward();
     auto t3 = Clock::now();

@@ -42,6 +42,8 @@ struct Progress {
   double aux = 0;              // load-balancing loss, summed over the layers
   double z = 0;                // router z-loss
   double drop_rate = 0;        // dropped / top-k assignments
+  double load_max_over_mean = 0;  // busiest expert's assignments / the mean (1: balanced),
+                                  // averaged over the MoE layers and the steps
   double tokens_per_s = 0;
 };
 
@@ -54,7 +56,12 @@ struct Evaluation {
   std::vector<std::vector<std::int64_t>> top_expert;
   // Per MoE layer and expert: its share of all top-k assignments (before dropping).
   std::vector<std::vector<double>> load;
+  // Per MoE layer: gate.e_score_correction_bias (zeros with the softmax gate).
+  std::vector<std::vector<float>> selection_bias;
 };
+
+// The busiest expert's share of the load over the mean share (1 when balanced; 0 for no load).
+double max_over_mean(const std::vector<double>& load);
 
 struct RunResult {
   std::int64_t first_step = 0;  // where this run started (the checkpoint's step on resume)
@@ -67,13 +74,22 @@ struct RunResult {
 
 // The tensors of a training checkpoint this rank holds: its parameters (replicated ones and/or
 // this rank's experts) and their Adam moments, named "optimizer.exp_avg.<name>" and
-// "optimizer.exp_avg_sq.<name>". The same list serves to save and to load.
+// "optimizer.exp_avg_sq.<name>", and with the replicated ones the buffers (the selection biases,
+// which have no moments). The same list serves to save and to load.
 std::vector<CheckpointTensor> checkpoint_tensors(TrainModel& model, Adam& adam, bool experts,
                                                  bool replicated);
 
 // What a resumed run must share with the run that wrote the checkpoint: model, task, optimizer
-// and batch (not the rank counts, which may change).
+// and batch, and every MoeConfig field that changes what the layer computes (the shape and layer
+// fields of runtime/config_fields.hpp, as text under their names); not the rank counts nor the
+// execution fields, which may change.
 nlohmann::json run_config(const TrainOptions& options);
+
+// "" when a checkpoint written with run configuration `saved` can continue as `now`, else the
+// differences ("d_model 64 in the checkpoint, 32 now, ..."). A layer field the checkpoint does
+// not name has its default, which gives the layer of SPEC version 1 (checkpoints written before
+// version 2 name no version-2 field and call num_experts "experts").
+std::string run_config_differences(const nlohmann::json& saved, const nlohmann::json& now);
 
 // Collective over `world`. Trains options.model (MoE or dense) and reports every log_every steps.
 // Checkpoints are written and read only for the MoE model when save_dir/resume_dir are set.

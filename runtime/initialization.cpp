@@ -1,5 +1,6 @@
 #include "runtime/initialization.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <numbers>
 #include <string>
@@ -46,21 +47,34 @@ void fill_normal(std::span<float> values, std::uint64_t seed, std::string_view n
   }
 }
 
-void init_parameters(MoeLayer& layer, std::uint64_t seed) {
-  const MoeConfig& c = layer.config();
-  const auto bound = [](std::int64_t fan_in) {
-    return static_cast<float>(1.0 / std::sqrt(static_cast<double>(fan_in)));
-  };
-  fill_uniform(layer.gate_weight(), bound(c.d_model), seed, "gate.weight");
-  experts::ExpertShard& shard = layer.experts();
+namespace {
+
+// nn.Linear on every parameter of the experts of `shard`, named `prefix(e)` + the SPEC's name:
+// w2 maps the hidden layer to d; every other parameter (w1, w3 and w1's bias) reads d.
+template <class Prefix>
+void init_experts(experts::ExpertShard& shard, std::uint64_t seed, Prefix&& prefix) {
+  const experts::ExpertShape& shape = shard.shape();
   for (std::int64_t e = 0; e < shard.num_experts(); ++e) {
-    const std::string prefix = "experts." + std::to_string(layer.first_expert() + e) + ".";
-    for (std::string_view param : experts::expert_param_names(c.activation)) {
-      // w2 maps h to d; every other parameter (w1, w3 and w1's bias) reads d.
-      const std::int64_t fan_in = param.starts_with("w2") ? c.d_hidden : c.d_model;
-      fill_uniform(shard.param(e, param), bound(fan_in), seed, prefix + std::string(param));
+    const std::string name = prefix(e);
+    for (std::string_view param : experts::expert_param_names(shape.activation)) {
+      const std::int64_t fan_in = param.starts_with("w2") ? shape.d_hidden : shape.d_model;
+      fill_uniform(shard.param(e, param), static_cast<float>(1.0 / std::sqrt(static_cast<double>(fan_in))),
+                   seed, name + std::string(param));
     }
   }
+}
+
+}  // namespace
+
+void init_parameters(MoeLayer& layer, std::uint64_t seed) {
+  const MoeConfig& c = layer.config();
+  fill_uniform(layer.gate_weight(), static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.d_model))),
+               seed, "gate.weight");
+  init_experts(layer.experts(), seed,
+               [&](std::int64_t e) { return "experts." + std::to_string(layer.first_expert() + e) + "."; });
+  init_experts(layer.shared_expert(), seed, [](std::int64_t) { return std::string("shared_expert."); });
+  // The selection bias is a buffer that starts at zero (DeepSeek-V3).
+  std::fill(layer.selection_bias().begin(), layer.selection_bias().end(), 0.0f);
 }
 
 }  // namespace moe

@@ -18,7 +18,9 @@ void fill_uniform(std::span<float> values, float bound, std::uint64_t seed, std:
 // Normal(0, 1) by Box-Muller on the same generator, for synthetic inputs.
 void fill_normal(std::span<float> values, std::uint64_t seed, std::string_view name);
 
-// Initialises the router and this rank's experts; expert tensors are named by their global index.
+// Initialises the router, this rank's experts and the shared expert (if any) like nn.Linear, keyed
+// by the tensor names of SPEC.md section 2 (experts by their global index, so the values do not
+// depend on the rank count), and zeroes the selection bias.
 void init_parameters(MoeLayer& layer, std::uint64_t seed);
 
 }  // namespace moe

@@ -3,7 +3,8 @@
 //
 //   train_tool same-losses A.jsonl B.jsonl FIRST LAST  steps FIRST..LAST: bitwise equal loss and
 //                                                      aux in both (and the same final eval loss
-//                                                      when both end at the same step)
+//                                                      and selection biases when both end at the
+//                                                      same step)
 //   train_tool learned RUN.jsonl MIN_RATIO MIN_PURITY  eval loss fell MIN_RATIO-fold and every
 //                                                      MoE layer's mean purity >= MIN_PURITY
 //   train_tool flip FILE                               flips one bit near the end of FILE
@@ -56,10 +57,19 @@ int same_losses(const std::string& a_path, const std::string& b_path, long long 
     }
   }
   // Runs that end at the same step end with the same evaluation.
-  const double ea = a.summary.at("end").at("loss"), eb = b.summary.at("end").at("loss");
-  if (a.summary.at("last_step") == b.summary.at("last_step") && ea != eb) {
-    std::printf("final eval loss %.17g vs %.17g\n", ea, eb);
-    ++wrong;
+  const json& end_a = a.summary.at("end");
+  const json& end_b = b.summary.at("end");
+  if (a.summary.at("last_step") == b.summary.at("last_step")) {
+    const double ea = end_a.at("loss"), eb = end_b.at("loss");
+    if (ea != eb) {
+      std::printf("final eval loss %.17g vs %.17g\n", ea, eb);
+      ++wrong;
+    }
+    if (end_a.value("selection_bias", json()) != end_b.value("selection_bias", json())) {
+      std::printf("final selection bias %s vs %s\n", end_a.value("selection_bias", json()).dump().c_str(),
+                  end_b.value("selection_bias", json()).dump().c_str());
+      ++wrong;
+    }
   }
   std::printf("%s: steps %lld..%lld compared, %d differences\n", wrong ? "FAIL" : "ok", first, last,
               wrong);
