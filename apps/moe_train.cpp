@@ -177,13 +177,17 @@ std::string describe(const apps::TrainOptions& t) {
                 static_cast<long long>(c.top_k), c.capacity_factor,
                 std::string(experts::to_string(c.activation)).c_str(), std::string(to_string(c.gate)).c_str());
   std::string line = text;
-  if (c.bias_update_rate > 0) line += " (bias update " + format_double(c.bias_update_rate) + ")";
+  if (c.bias_update_rate > 0) {
+    std::snprintf(text, sizeof text, " (bias update %g)", c.bias_update_rate);
+    line += text;
+  }
   if (c.n_group > 1) {
     line += ", " + std::to_string(c.groups_per_token()) + " of " + std::to_string(c.n_group) + " groups";
   }
   if (c.has_shared_expert()) line += ", shared expert h=" + std::to_string(c.d_shared_hidden);
-  line += ", aux " + format_double(c.aux_loss_coef) + ", " + std::to_string(t.task.clusters) + " clusters";
-  return line;
+  std::snprintf(text, sizeof text, ", aux %g, %lld clusters", c.aux_loss_coef,
+                static_cast<long long>(t.task.clusters));
+  return line + text;
 }
 
 double mean(const std::vector<double>& v) {

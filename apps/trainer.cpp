@@ -251,6 +251,70 @@ std::string run_config_differences(const json& saved, const json& now) {
   return differences;
 }
 
+namespace {
+
+// Collective. Refuses now rather than after training: a later checkpoint in --save belongs to
+// another run.
+void check_save_dir(comm::Communicator& world, const TrainOptions& o, std::int64_t first_step) {
+  collectively(world, [&] {
+    const auto existing = list_checkpoints(o.save_dir);
+    if (!existing.empty() && existing.back().first > first_step) {
+      throw Error("--save " + o.save_dir + " already holds a checkpoint at step " +
+                  std::to_string(existing.back().first) + ", after this run's start at step " +
+                  std::to_string(first_step) + ": continue it with --resume, or save elsewhere");
+    }
+  });
+}
+
+// Collective. Writes step `step`: data-parallel replica 0 writes, one shard per expert-parallel
+// rank. Returns the directory.
+std::string save_step(comm::Communicator& world, const TrainOptions& o, TrainModel& model,
+                      Adam& adam, std::int64_t step) {
+  const int rank = world.rank();
+  CheckpointShard mine;
+  mine.num_shards = o.ep_size;
+  if (rank < o.ep_size) {
+    mine.shard = rank;
+    mine.tensors = checkpoint_tensors(model, adam, true, rank == 0);
+  }
+  return save_checkpoint(world, o.save_dir, step, mine, checkpoint_metadata(o, step, adam),
+                         SaveOptions{o.keep})
+      .string();
+}
+
+// Collective. Training step `step` (0-based) on this rank's share of the batch: forward, the
+// selection-bias update, backward, gradient reduction and Adam; adds each phase's time.
+ForwardSummary train_step(comm::Communicator& world, const TrainOptions& o, const SyntheticTask& task,
+                          TrainModel& model, Adam& adam, std::int64_t step, Batch& batch,
+                          PhaseTimes& times) {
+  const std::int64_t per_rank = o.batch / world.size();
+  const auto t0 = Clock::now();
+  task.make_batch("train", step * o.batch + world.rank() * per_rank, per_rank, batch);
+  const auto t1 = Clock::now();
+  const ForwardSummary s = model.forward(batch.x, batch.target, per_rank * o.ep_size);
+  model.update_selection_biases();  // the routing of this step is already decided
+  const auto t2 = Clock::now();
+  model.backward();
+  const auto t3 = Clock::now();
+  model.reduce_gradients();
+  const auto t4 = Clock::now();
+  const double done = static_cast<double>(step + 1);
+  const double warmup = o.warmup_steps > 0 ? std::min(1.0, done / static_cast<double>(o.warmup_steps)) : 1.0;
+  adam.step(o.adam.lr * warmup);
+  const auto t5 = Clock::now();
+  auto seconds = [](Clock::time_point a, Clock::time_point b) {
+    return std::chrono::duration<double>(b - a).count();
+  };
+  times.data += seconds(t0, t1);
+  times.forward += seconds(t1, t2);
+  times.backward += seconds(t2, t3);
+  times.reduce += seconds(t3, t4);
+  times.optimizer += seconds(t4, t5);
+  return s;
+}
+
+}  // namespace
+
 RunResult train(comm::Communicator& world, const TrainOptions& o,
                 const std::function<void(const Progress&)>& on_progress) {
   const int world_size = world.size(), rank = world.rank();
@@ -262,7 +326,6 @@ RunResult train(comm::Communicator& world, const TrainOptions& o,
   });
   ParallelGroups groups = ParallelGroups::create(world, o.ep_size);
   const bool moe = o.model.kind == BlockKind::moe;
-  const char* model_name = moe ? "moe" : "dense";
   SyntheticTask task(o.task);
   TrainModel model(o.model, groups, world);
   model.init(o.task.seed);
@@ -271,94 +334,44 @@ RunResult train(comm::Communicator& world, const TrainOptions& o,
 
   RunResult result;
   PhaseTimes times;
-  if (!o.resume_dir.empty()) {
+  auto timed = [](double& total, auto&& work) {
     const auto start = Clock::now();
+    auto out = work();
+    total += since(start);
+    return out;
+  };
+  if (!o.resume_dir.empty()) {
     std::int64_t adam_steps = 0;
-    result.first_step = resume(world, o, model, adam, adam_steps);
+    result.first_step = timed(times.checkpoint, [&] { return resume(world, o, model, adam, adam_steps); });
     adam.set_step_count(adam_steps);
-    times.checkpoint += since(start);
   }
-  if (!o.save_dir.empty()) {
-    // Refuse now rather than after training: a later checkpoint there belongs to another run.
-    collectively(world, [&] {
-      const auto existing = list_checkpoints(o.save_dir);
-      if (!existing.empty() && existing.back().first > result.first_step) {
-        throw Error("--save " + o.save_dir + " already holds a checkpoint at step " +
-                    std::to_string(existing.back().first) + ", after this run's start at step " +
-                    std::to_string(result.first_step) +
-                    ": continue it with --resume, or save elsewhere");
-      }
-    });
-  }
+  const bool saving = moe && !o.save_dir.empty();
+  if (!o.save_dir.empty()) check_save_dir(world, o, result.first_step);
 
   Batch batch;
-  auto timed_eval = [&] {
-    const auto start = Clock::now();
-    Evaluation ev = evaluate(world, model, task, o, batch);
-    times.eval += since(start);
-    return ev;
-  };
-  result.start = timed_eval();
-
-  const std::int64_t per_rank = o.batch / world_size;
-  const std::int64_t group_tokens = per_rank * o.ep_size;
-  const bool group_leader = rank % o.ep_size == 0;
-  std::int64_t saved_step = result.first_step;
-  auto save = [&](std::int64_t step) {
-    const auto start = Clock::now();
-    const bool writer = rank < o.ep_size;  // data-parallel replica 0 writes
-    CheckpointShard mine;
-    mine.num_shards = o.ep_size;
-    if (writer) {
-      mine.shard = rank;
-      mine.tensors = checkpoint_tensors(model, adam, true, rank == 0);
-    }
-    result.saved.push_back(
-        save_checkpoint(world, o.save_dir, step, mine, checkpoint_metadata(o, step, adam),
-                        SaveOptions{o.keep})
-            .string());
-    saved_step = step;
-    times.checkpoint += since(start);
-  };
-
+  result.start = timed(times.eval, [&] { return evaluate(world, model, task, o, batch); });
   Window window;
   const auto train_start = Clock::now();
-  std::int64_t step = result.first_step;
+  std::int64_t step = result.first_step, saved_step = result.first_step;
+  auto save = [&] {
+    result.saved.push_back(timed(times.checkpoint, [&] { return save_step(world, o, model, adam, step); }));
+    saved_step = step;
+  };
   while (step < o.steps) {
-    auto t0 = Clock::now();
-    task.make_batch("train", step * o.batch + rank * per_rank, per_rank, batch);
-    auto t1 = Clock::now();
-    const ForwardSummary s = model.forward(batch.x, batch.target, group_tokens);
-    model.update_selection_biases();  // the routing of this step is already decided
-    auto t2 = Clock::now();
-    model.backward();
-    auto t3 = Clock::now();
-    model.reduce_gradients();
-    auto t4 = Clock::now();
+    const ForwardSummary s = train_step(world, o, task, model, adam, step, batch, times);
     ++step;
-    const double warmup = o.warmup_steps > 0
-                              ? std::min(1.0, static_cast<double>(step) / static_cast<double>(o.warmup_steps))
-                              : 1.0;
-    adam.step(o.adam.lr * warmup);
-    auto t5 = Clock::now();
-    times.data += std::chrono::duration<double>(t1 - t0).count();
-    times.forward += std::chrono::duration<double>(t2 - t1).count();
-    times.backward += std::chrono::duration<double>(t3 - t2).count();
-    times.reduce += std::chrono::duration<double>(t4 - t3).count();
-    times.optimizer += std::chrono::duration<double>(t5 - t4).count();
-
-    window.add(s, per_rank * o.model.d_out, group_leader);
+    window.add(s, o.batch / world_size * o.model.d_out, rank % o.ep_size == 0);
     if (step % o.log_every == 0 || step == o.steps) {
-      on_progress(window.finish(world, groups.dp_size, o.batch, step, model_name));
+      on_progress(window.finish(world, groups.dp_size, o.batch, step, moe ? "moe" : "dense"));
     }
-    if (moe && !o.save_dir.empty() && o.save_every > 0 && step % o.save_every == 0) save(step);
+    if (saving && o.save_every > 0 && step % o.save_every == 0) save();
   }
   const double train_seconds = since(train_start);
   result.last_step = step;
-  if (moe && !o.save_dir.empty() && saved_step != step) save(step);
+  if (saving && saved_step != step) save();
   const std::int64_t trained = step - result.first_step;
   result.tokens_per_s = trained > 0 ? static_cast<double>(trained * o.batch) / train_seconds : 0.0;
-  result.end = timed_eval();
+  result.end = timed(times.eval, [&] { return evaluate(world, model, task, o, batch); });
   result.phase_seconds = times.list();
   return result;
 }

@@ -34,6 +34,7 @@ apps::ModelConfig model_config(std::int64_t num_experts) {
   c.layer.gate = GateKind::sigmoid;
   c.layer.bias_update_rate = 0.01;
   c.layer.routed_scaling_factor = 2.5;
+  if (num_experts == 2) c.layer.top_k = 1;  // with k = E every expert gets every token: no bias moves
   if (num_experts % 4 == 0) {
     c.layer.n_group = 4;
     c.layer.topk_group = 2;
@@ -211,4 +212,6 @@ TEST_CASE("a checkpoint saved by more ranks than experts loads on any rank count
   // E = 3 on 4 ranks: rank 0, which writes the replicated tensors, owns no expert; on 2 ranks
   // the experts split 1 + 2.
   check_reshard(*world, "e3", model_config(3), 4, {1, 2, 3, 4});
+  // E = 2 on 4 ranks: ranks 0 and 2 own no expert, so shard 3 of 4 holds no tensor at all.
+  check_reshard(*world, "e2", model_config(2), 4, {1, 3});
 }

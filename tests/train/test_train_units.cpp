@@ -1,12 +1,15 @@
 // Single-process pieces of moe-train: LayerNorm's backward against finite differences, Adam's
-// update against its formula, and the synthetic task's independence from how tokens are split.
+// update against its formula, the synthetic task's independence from how tokens are split, and
+// what a resume must match (the run configuration, from the config table).
 #include <catch2/catch.hpp>
 
 #include <cmath>
 
 #include "apps/layer_norm.hpp"
 #include "apps/synthetic_task.hpp"
+#include "apps/trainer.hpp"
 #include "runtime/adam.hpp"
+#include "runtime/config_fields.hpp"
 #include "runtime/initialization.hpp"
 
 using namespace moe;
@@ -102,4 +105,56 @@ TEST_CASE("the synthetic task is a pure function of the token index", "[train][t
   const double variance = sum_sq / static_cast<double>(whole.target.size());
   CHECK(variance > 0.1);
   CHECK(variance < 2.0);
+}
+
+TEST_CASE("run_config holds every field that changes what is computed, and only those",
+          "[train][run_config]") {
+  apps::TrainOptions o;
+  o.model.layer.num_experts = 8;
+  o.model.layer.d_model = 64;
+  o.model.layer.d_hidden = 128;
+  o.batch = 1024;
+  const nlohmann::json config = apps::run_config(o);
+  for (const ConfigField& f : config_fields()) {
+    INFO(f.name);
+    CHECK(config.contains(std::string(f.name)) == (f.kind != FieldKind::execution));
+  }
+  CHECK(config.at("gate") == "softmax");
+  CHECK(config.at("num_experts") == "8");
+  CHECK(apps::run_config_differences(config, config).empty());
+
+  // What changes the computation is named; what only changes the speed is not compared.
+  apps::TrainOptions other = o;
+  other.model.layer.gate = GateKind::sigmoid;
+  other.model.layer.bias_update_rate = 0.001;
+  other.model.layer.overlap_chunks = 4;
+  CHECK(apps::run_config_differences(config, apps::run_config(other)) ==
+        "bias_update_rate 0 in the checkpoint, 0.001 now, gate softmax in the checkpoint, sigmoid now");
+  other = o;
+  other.model.layer.wire = WireFormat::bf16;
+  other.model.layer.exchange = ExchangeKind::padded;
+  CHECK(apps::run_config_differences(config, apps::run_config(other)).empty());
+}
+
+TEST_CASE("a checkpoint written before SPEC version 2 resumes with the version-2 defaults",
+          "[train][run_config]") {
+  apps::TrainOptions o;
+  o.model.layer.num_experts = 8;
+  o.model.layer.d_model = 64;
+  o.model.layer.d_hidden = 128;
+  o.batch = 1024;
+  o.adam.lr = 0.003;
+  // The run configuration as version 1 wrote it: numbers, "experts", no version-2 field.
+  const nlohmann::json v1 = {
+      {"model", "moe"}, {"layers", 2}, {"d_out", 8}, {"experts", 8}, {"d_model", 64},
+      {"d_hidden", 128}, {"top_k", 2}, {"capacity_factor", 1.25}, {"min_capacity", 4},
+      {"drop_policy", "position"}, {"activation", "gelu"}, {"normalize_topk", false},
+      {"aux_loss_coef", 0.01}, {"z_loss_coef", 0.0}, {"clusters", 8}, {"task_hidden", 8},
+      {"noise", 0.5}, {"seed", 1}, {"batch", 1024}, {"lr", 0.003}, {"beta1", 0.9},
+      {"beta2", 0.999}, {"eps", 1e-8}, {"warmup_steps", 0}};
+  CHECK(apps::run_config_differences(v1, apps::run_config(o)).empty());
+  o.model.layer.d_shared_hidden = 32;
+  o.model.layer.num_experts = 16;
+  CHECK(apps::run_config_differences(v1, apps::run_config(o)) ==
+        "d_shared_hidden 0 in the checkpoint, 32 now, num_experts 8 in the checkpoint, 16 now");
 }
