@@ -1,7 +1,10 @@
 // Resharding on 4 ranks: a model trained a few steps at ep_size 2 x dp_size 2 is saved, then
 // loaded at ep_size 1, 2 and 4 (dp 4, 2, 1). Every rank feeds the same tokens in every layout, so
-// the layer outputs and predictions must be bitwise those of the model that was saved.
+// the layer outputs and predictions must be those of the model that was saved: bitwise in its own
+// layout, within 1e-6 in the others.
 #include <catch2/catch.hpp>
+
+#include <cmath>
 
 #include "apps/trainer.hpp"
 #include "comm/mpi_communicator.hpp"
@@ -38,9 +41,20 @@ Outputs run_forward(apps::TrainModel& model, const apps::Batch& batch, std::int6
   return out;
 }
 
+// ‖a − b‖ / ‖b‖ (0 when bitwise equal).
+double relative_difference(const std::vector<float>& a, const std::vector<float>& b) {
+  REQUIRE(a.size() == b.size());
+  double diff = 0, norm = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    diff += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
+    norm += static_cast<double>(b[i]) * b[i];
+  }
+  return norm > 0 ? std::sqrt(diff / norm) : std::sqrt(diff);
+}
+
 }  // namespace
 
-TEST_CASE("a checkpoint saved at ep_size 2 gives bitwise identical outputs at ep_size 1, 2, 4",
+TEST_CASE("a checkpoint saved at ep_size 2 gives the same outputs at ep_size 1, 2, 4",
           "[checkpoint][reshard]") {
   auto world = comm::MpiCommunicator::world();
   REQUIRE(world->size() == 4);
@@ -97,10 +111,14 @@ TEST_CASE("a checkpoint saved at ep_size 2 gives bitwise identical outputs at ep
           CHECK(kept >= 16);  // rows of each expert batch: above the sgemm threshold
         }
       }
+      // The layout it was saved in gives bitwise the same model. Another layout changes the rows
+      // of each expert GEMM, and oneDNN's kernels round by row count on some CPUs (seen on this
+      // machine kind also with 16+ rows), so there SPEC.md section 9's tolerance applies.
+      const double bound = ep_size == 2 ? 0.0 : 1e-6;
       for (std::size_t l = 0; l < expected.blocks.size(); ++l) {
-        CHECK(got.blocks[l] == expected.blocks[l]);
+        CHECK(relative_difference(got.blocks[l], expected.blocks[l]) <= bound);
       }
-      CHECK(got.predictions == expected.predictions);
+      CHECK(relative_difference(got.predictions, expected.predictions) <= bound);
     }
   }
 }
