@@ -26,7 +26,8 @@ class MpiCommunicator final : public Communicator {
   // MPI counts are int: no single message can be larger.
   static constexpr std::size_t default_max_message_bytes = INT_MAX;
 
-  // Collective over `comm`: duplicates it (MPI_Comm_dup) and owns the duplicate.
+  // Collective over `comm`: duplicates it (MPI_Comm_dup) and owns the duplicate, and gathers the
+  // host name of every rank (one MPI_Allgather, so the watchdog can name a silent peer's host).
   // `max_message_bytes` (1 ... INT_MAX, the same on every rank) is the largest message one
   // point-to-point call may carry; an exchange with a larger per-peer block, or with offsets
   // beyond INT_MAX, takes the chunked point-to-point path instead of one MPI collective. Tests
@@ -139,6 +140,8 @@ class MpiCommunicator final : public Communicator {
   int rank_ = 0;
   int size_ = 0;
   std::string host_;
+  // Host of each rank of this communicator (gathered at construction), for the watchdog.
+  std::vector<std::string> peer_hosts_;
   std::size_t max_message_bytes_;
 
   // Per-call scratch, sized size() once at construction.
