@@ -163,6 +163,22 @@ void MpiCommunicator::watchdog_expired(const char* operation, const std::string&
   std::abort();  // MPI_Abort is not declared noreturn
 }
 
+std::string MpiCommunicator::ranks_by_host() const {
+  // Runs of consecutive ranks on one host: "node1 (ranks 0-1), node2 (ranks 2-3)".
+  std::string text;
+  for (int first = 0; first < size_;) {
+    const std::string& host = peer_hosts_[static_cast<std::size_t>(first)];
+    int last = first;
+    while (last + 1 < size_ && peer_hosts_[static_cast<std::size_t>(last + 1)] == host) ++last;
+    if (!text.empty()) text += ", ";
+    text += host;
+    text += first == last ? " (rank " + std::to_string(first) + ")"
+                          : " (ranks " + std::to_string(first) + "-" + std::to_string(last) + ")";
+    first = last + 1;
+  }
+  return text;
+}
+
 void MpiCommunicator::wait(MPI_Request& request, const char* operation) {
   if (wait_mode_ == WaitMode::spin && timeout_seconds_ <= 0) {
     MOE_CHECK_MPI(MPI_Wait(&request, MPI_STATUS_IGNORE));
@@ -176,7 +192,9 @@ void MpiCommunicator::wait(MPI_Request& request, const char* operation) {
     MOE_CHECK_MPI(MPI_Test(&request, &done, MPI_STATUS_IGNORE));
     if (done != 0) return;
     if (timeout_seconds_ > 0 && polls % 64 == 0 && std::chrono::steady_clock::now() > deadline) {
-      watchdog_expired(operation, "a collective does not say which peers have joined");
+      watchdog_expired(operation,
+                       "a collective does not say which peers have joined; its ranks are on " +
+                           ranks_by_host());
     }
     if (wait_mode_ == WaitMode::sleep) idle(start);
   }

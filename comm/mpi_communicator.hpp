@@ -114,6 +114,8 @@ class MpiCommunicator final : public Communicator {
   void wait(MPI_Request& request, const char* operation);
   // Prints the watchdog's diagnostic and aborts the job.
   [[noreturn]] void watchdog_expired(const char* operation, const std::string& peers) const;
+  // The hosts of this communicator's ranks, as runs of consecutive ranks (for the watchdog).
+  std::string ranks_by_host() const;
   void watched_allreduce(void* data, std::size_t count, MPI_Datatype type, ReduceOp op);
   static void idle(std::chrono::steady_clock::time_point waiting_since);
   WaitMode wait_mode_ = WaitMode::spin;

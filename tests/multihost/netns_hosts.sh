@@ -133,14 +133,25 @@ setup() {
   cat >"$dir/agent" <<EOF
 #!/bin/sh
 # OpenMPI's rsh launcher calls this as it would call ssh: agent HOST COMMAND...
-# COMMAND runs on HOST: in its network namespace, with its host name.
+# COMMAND runs on HOST: in its network namespace, with its host name; this process stays on the
+# calling host, as an ssh client does.
 host=\$1
 shift
 case \$host in
   host[0-9]*) ;;
   *) echo "multihost agent: unknown host '\$host'" >&2; exit 1 ;;
 esac
-exec ip netns exec "$id-h\${host#host}" unshare --uts /bin/sh -c 'hostname "\$0" && exec /bin/sh -c "\$1"' "\$host" "\$*"
+ip netns exec "$id-h\${host#host}" unshare --uts /bin/sh -c 'hostname "\$0" && exec /bin/sh -c "\$1"' "\$host" "\$*"
+rc=\$?
+# The daemon was killed (the host "died"). An ssh client to a host that dies does not return: mpirun
+# learns of the loss from its own connection to the daemon, and says which node it lost. Exiting
+# non-zero here would race that with OpenMPI's misleading "unable to reliably start one or more
+# daemons"; other failures (a daemon that cannot start) pass through.
+if [ "\$rc" -gt 128 ]; then
+  echo "multihost agent: the OpenMPI daemon on \$host ended by signal \$((rc - 128))" >&2
+  exit 0
+fi
+exit "\$rc"
 EOF
   chmod +x "$dir/agent"
   local names="" nss=""
