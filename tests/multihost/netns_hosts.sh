@@ -19,7 +19,9 @@
 # bridge br0 and one veth port pI per host; namespace ID-hI holds the other end, eth0, with address
 # 10.254.13.(I+1)/24 and a hostname of its own, hostI (a UTS namespace per process tree, so moe-ep's
 # and OpenMPI's messages name the host). /etc/netns/ID-hI/hosts maps the host names to those
-# addresses for processes started with `ip netns exec`. Traffic stays on that subnet.
+# addresses for processes started with `ip netns exec`. Traffic stays on that subnet. Each host
+# gives up on an unanswered TCP connection after ~3 s (net.ipv4.tcp_retries2=3 in its namespace):
+# otherwise mpirun, aborting a job, waits ~15 min for the daemon of a host that was cut off.
 #
 # COMMAND runs on host0 (so mpirun runs there) with this environment:
 #   OMPI_MCA_orte_default_hostfile  hostfile "hostI slots=S", one line per host
@@ -84,13 +86,17 @@ check_can_run() {
   command -v timeout >/dev/null || skip "no 'timeout' (coreutils)"
   local probe="moemh$$-probe"
   ip netns add "$probe" 2>/dev/null || skip "'ip netns add' is not permitted here"
-  if ! ip -n "$probe" link add dev probe0 type bridge 2>/dev/null; then
-    ip netns del "$probe"; skip "cannot create a bridge inside a namespace"
+  if ! ip -n "$probe" link add dev probe0 type bridge 2>/dev/null ||
+     ! ip -n "$probe" link add dev probe1 type veth peer name probe2 2>/dev/null; then
+    ip netns del "$probe"; skip "cannot create a bridge and a veth pair inside a namespace"
   fi
   if ! ip netns exec "$probe" unshare --uts true 2>/dev/null; then
     ip netns del "$probe"; skip "cannot make a UTS namespace (unshare --uts)"
   fi
   ip netns del "$probe"
+  if [ -n "$rate" ] && ! command -v tc >/dev/null; then
+    echo "netns_hosts.sh: --rate needs 'tc' (iproute2)" >&2; exit 2
+  fi
 }
 
 # Creates set $1 with $hosts hosts; returns non-zero on any failure (the caller tears down).
