@@ -13,6 +13,7 @@ set -euo pipefail
 
 base=(
   build-essential cmake ninja-build
+  pkgconf                             # CMake's FindMPI asks pkg-config first when it is there
   openmpi-bin libopenmpi-dev          # the communicator
   libdnnl-dev                         # oneDNN: host GEMMs
   ocl-icd-opencl-dev                  # Debian's oneDNN CMake config requires OpenCL (only recommended)

@@ -1,22 +1,18 @@
-// Command-line options for how a layer runs, never what it computes: --overlap-chunks, --exchange,
-// --wire, --check-finite (runtime/config.hpp) and --watchdog-seconds (comm/communicator.hpp).
-// Shared by the programs that run a layer.
+// Command-line options for how a layer runs, never what it computes: the execution fields of the
+// configuration's table (--overlap-chunks, --exchange, --wire, --check-finite, ...) and
+// --watchdog-seconds (comm/communicator.hpp). Shared by the programs that run a layer.
 #pragma once
 
 #include <boost/program_options.hpp>
 #include <string>
 
+#include "apps/config_options.hpp"
 #include "comm/communicator.hpp"
-#include "runtime/config.hpp"
 
 namespace moe::apps {
 
-// Text as given, until finish_execution_options checks it.
 struct ExecutionOptions {
-  std::string overlap_chunks = "1";
-  std::string exchange = "variable";
-  std::string wire = "fp32";
-  bool check_finite = false;
+  ConfigOptions given;
   double watchdog_seconds = 300;
 };
 

@@ -243,9 +243,8 @@ int bench(comm::MpiCommunicator& world, const Options& o) {
   j["tokens_per_rank"] = o.tokens;
   j["config"] = c.summary();
   j["chunks"] = layer.chunks();
-  j["overlap_chunks"] = o.execution.overlap_chunks;
-  j["exchange"] = o.execution.exchange;
-  j["wire"] = o.execution.wire;
+  // Every configuration field by name (the table's text forms: "auto", "bf16", ...).
+  for (const auto& [name, value] : c.fields()) j[name] = value;
   j["link"] = apps::link_summary(o.link);
   j["fwd_ms"] = fwd_ms;
   j["bwd_ms"] = bwd_ms;
@@ -268,6 +267,9 @@ int bench(comm::MpiCommunicator& world, const Options& o) {
   j["dropped_tokens"] = stats.dropped_tokens;
   j["expert_counts"] = stats.expert_counts;
   j["expert_kept"] = stats.expert_kept;
+  j["load_max_over_mean"] = stats.load_max_over_mean;
+  j["load_min"] = stats.load_min;
+  j["load_std"] = stats.load_std;
   for (std::size_t p = 0; p < kNumPhases; ++p) {
     const std::string name(kPhaseNames[p]);
     j["fwd_phase_ms"][name] = series.median_ms("fwd." + name);

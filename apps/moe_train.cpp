@@ -7,14 +7,12 @@
 // The job has ep_size x dp_size ranks; the batch (tokens per step, whole job) is split evenly
 // over them. By default a dense baseline with the same active parameters per token trains on the
 // same data afterwards, so the two can be compared.
-#include <algorithm>
 #include <boost/program_options.hpp>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
-#include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
 
@@ -22,7 +20,6 @@
 #include "apps/layer_options.hpp"
 #include "apps/mpi_program.hpp"
 #include "apps/trainer.hpp"
-#include "runtime/config_fields.hpp"
 #include "runtime/error.hpp"
 
 namespace po = boost::program_options;
@@ -38,34 +35,6 @@ struct Options {
   std::string baseline = "dense";
   std::string json_path;
 };
-
-// Until apps/layer_options makes an option of every field of the config table: the layer fields
-// it does not offer yet (--gate, --bias-update-rate, --d-shared-hidden, --n-group, ...), as text,
-// set through the table. Adds nothing once layer_options has them all.
-std::map<std::string, std::string> pending_fields;
-
-void add_missing_layer_options(po::options_description& desc) {
-  for (const ConfigField& f : config_fields()) {
-    std::string option(f.name);
-    std::replace(option.begin(), option.end(), '_', '-');
-    if (f.name == "num_experts" || desc.find_nothrow(option, false)) continue;
-    desc.add_options()(option.c_str(),
-                       po::value<std::string>()->notifier([name = std::string(f.name)](const std::string& v) {
-                         pending_fields[name] = v;
-                       }),
-                       std::string(f.help).c_str());
-  }
-}
-
-void finish_missing_layer_options(MoeConfig& config) {
-  for (const auto& [name, text] : pending_fields) {
-    try {
-      find_config_field(name)->from_text(config, text);
-    } catch (const Error& e) {
-      throw apps::UsageError(e.what());
-    }
-  }
-}
 
 std::optional<Options> parse_options(int argc, char** argv, const comm::Communicator& world) {
   Options o;
@@ -116,7 +85,6 @@ std::optional<Options> parse_options(int argc, char** argv, const comm::Communic
       ("json", po::value(&o.json_path), "also write progress and the summary as JSON lines to FILE");
   apps::add_layer_options(desc, o.layer);
   apps::add_execution_options(desc, o.execution);
-  add_missing_layer_options(desc);
   po::variables_map vm;
   po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
   if (vm.count("help")) {
@@ -126,7 +94,6 @@ std::optional<Options> parse_options(int argc, char** argv, const comm::Communic
   po::notify(vm);
   apps::finish_layer_options(o.layer);
   apps::finish_execution_options(o.execution, o.layer.config);
-  finish_missing_layer_options(o.layer.config);
   t.model.layer = o.layer.config;
   t.task.d_model = o.layer.config.d_model;
   t.task.d_out = t.model.d_out;

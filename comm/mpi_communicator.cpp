@@ -36,6 +36,22 @@ void allreduce_in_place(MPI_Comm comm, std::span<T> data, MPI_Datatype type, Red
   }
 }
 
+// Host name of every rank of `comm` (names cut to 63 bytes), so that a diagnostic can name the
+// host of a peer that has gone silent: by then that peer can no longer be asked.
+std::vector<std::string> gather_hosts(MPI_Comm comm, int size, const std::string& own_host) {
+  constexpr int width = 64;
+  std::array<char, width> own{};
+  own_host.copy(own.data(), width - 1);
+  std::vector<char> all(static_cast<std::size_t>(width) * static_cast<std::size_t>(size));
+  MOE_CHECK_MPI(MPI_Allgather(own.data(), width, MPI_CHAR, all.data(), width, MPI_CHAR, comm));
+  std::vector<std::string> hosts;
+  hosts.reserve(static_cast<std::size_t>(size));
+  for (std::size_t r = 0; r < static_cast<std::size_t>(size); ++r) {
+    hosts.emplace_back(all.data() + r * width);
+  }
+  return hosts;
+}
+
 void copy_bytes(std::byte* to, const std::byte* from, std::size_t bytes) {
   // memcpy with a null pointer is undefined even for zero bytes, and empty blocks are common.
   if (bytes > 0) std::memcpy(to, from, bytes);
@@ -66,6 +82,7 @@ void MpiCommunicator::attach(MPI_Comm comm) {
     MOE_CHECK_MPI(MPI_Comm_rank(comm, &rank_));
     MOE_CHECK_MPI(MPI_Comm_size(comm, &size_));
     host_ = this_host_name();
+    peer_hosts_ = gather_hosts(comm, size_, host_);
     const auto n = static_cast<std::size_t>(size_);
     send_offsets_.resize(n);
     recv_offsets_.resize(n);
@@ -146,6 +163,22 @@ void MpiCommunicator::watchdog_expired(const char* operation, const std::string&
   std::abort();  // MPI_Abort is not declared noreturn
 }
 
+std::string MpiCommunicator::ranks_by_host() const {
+  // Runs of consecutive ranks on one host: "node1 (ranks 0-1), node2 (ranks 2-3)".
+  std::string text;
+  for (int first = 0; first < size_;) {
+    const std::string& host = peer_hosts_[static_cast<std::size_t>(first)];
+    int last = first;
+    while (last + 1 < size_ && peer_hosts_[static_cast<std::size_t>(last + 1)] == host) ++last;
+    if (!text.empty()) text += ", ";
+    text += host;
+    text += first == last ? " (rank " + std::to_string(first) + ")"
+                          : " (ranks " + std::to_string(first) + "-" + std::to_string(last) + ")";
+    first = last + 1;
+  }
+  return text;
+}
+
 void MpiCommunicator::wait(MPI_Request& request, const char* operation) {
   if (wait_mode_ == WaitMode::spin && timeout_seconds_ <= 0) {
     MOE_CHECK_MPI(MPI_Wait(&request, MPI_STATUS_IGNORE));
@@ -159,7 +192,9 @@ void MpiCommunicator::wait(MPI_Request& request, const char* operation) {
     MOE_CHECK_MPI(MPI_Test(&request, &done, MPI_STATUS_IGNORE));
     if (done != 0) return;
     if (timeout_seconds_ > 0 && polls % 64 == 0 && std::chrono::steady_clock::now() > deadline) {
-      watchdog_expired(operation, "a collective does not say which peers have joined");
+      watchdog_expired(operation,
+                       "a collective does not say which peers have joined; its ranks are on " +
+                           ranks_by_host());
     }
     if (wait_mode_ == WaitMode::sleep) idle(start);
   }
@@ -309,13 +344,16 @@ void MpiCommunicator::wait_window(int num_requests, int src, int step) {
       if (done != 0) return;
       if (timeout_seconds_ > 0 && polls % 64 == 0 && std::chrono::steady_clock::now() > deadline) {
         // This step waits on `src`; the steps after it (their sources) have not started.
-        std::string peers = "no data yet from rank ";
-        peers += std::to_string(src);
+        // Each rank with its host: a silent peer is often a host that died or was cut off.
+        auto rank_on_host = [this](int r) {
+          return std::to_string(r) + " (host " + peer_hosts_[static_cast<std::size_t>(r)] + ")";
+        };
+        std::string peers = "no data yet from rank " + rank_on_host(src);
         if (step + 1 < size_) {
           peers += "; ranks not reached yet:";
           for (int later = step + 1; later < size_; ++later) {
             peers += ' ';
-            peers += std::to_string((rank_ - later + size_) % size_);
+            peers += rank_on_host((rank_ - later + size_) % size_);
           }
         }
         watchdog_expired("the pairwise exchange", peers);

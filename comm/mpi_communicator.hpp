@@ -26,7 +26,8 @@ class MpiCommunicator final : public Communicator {
   // MPI counts are int: no single message can be larger.
   static constexpr std::size_t default_max_message_bytes = INT_MAX;
 
-  // Collective over `comm`: duplicates it (MPI_Comm_dup) and owns the duplicate.
+  // Collective over `comm`: duplicates it (MPI_Comm_dup) and owns the duplicate, and gathers the
+  // host name of every rank (one MPI_Allgather, so the watchdog can name a silent peer's host).
   // `max_message_bytes` (1 ... INT_MAX, the same on every rank) is the largest message one
   // point-to-point call may carry; an exchange with a larger per-peer block, or with offsets
   // beyond INT_MAX, takes the chunked point-to-point path instead of one MPI collective. Tests
@@ -113,6 +114,8 @@ class MpiCommunicator final : public Communicator {
   void wait(MPI_Request& request, const char* operation);
   // Prints the watchdog's diagnostic and aborts the job.
   [[noreturn]] void watchdog_expired(const char* operation, const std::string& peers) const;
+  // The hosts of this communicator's ranks, as runs of consecutive ranks (for the watchdog).
+  std::string ranks_by_host() const;
   void watched_allreduce(void* data, std::size_t count, MPI_Datatype type, ReduceOp op);
   static void idle(std::chrono::steady_clock::time_point waiting_since);
   WaitMode wait_mode_ = WaitMode::spin;
@@ -139,6 +142,8 @@ class MpiCommunicator final : public Communicator {
   int rank_ = 0;
   int size_ = 0;
   std::string host_;
+  // Host of each rank of this communicator (gathered at construction), for the watchdog.
+  std::vector<std::string> peer_hosts_;
   std::size_t max_message_bytes_;
 
   // Per-call scratch, sized size() once at construction.

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
-#include <sstream>
 
 #include "runtime/config_fields.hpp"
 #include "runtime/error.hpp"
@@ -47,10 +46,10 @@ std::optional<CapacityScope> parse_capacity_scope(std::string_view name) {
 std::string_view to_string(CapacityScope scope) { return scope == CapacityScope::rank ? "rank" : "global"; }
 
 std::string format_double(double value) {
-  std::ostringstream out;
-  out.precision(17);
-  out << value;
-  return out.str();
+  // The shortest text that reads back to the same double (0.1, not 0.10000000000000001).
+  char text[32];
+  const auto [end, ec] = std::to_chars(text, text + sizeof text, value);
+  return std::string(text, end);
 }
 
 void MoeConfig::validate() const {

@@ -95,12 +95,17 @@ std::string topk_group_rule(const MoeConfig& c) {
   return {};
 }
 
+ConfigField with_option(std::string_view option, ConfigField field) {
+  field.option = option;
+  return field;
+}
+
 const std::vector<ConfigField>& table() {
   using K = FieldKind;
   using M = MoeConfig;
   static const std::vector<ConfigField> fields = {
-      number("num_experts", K::shape, &M::num_experts, at_least(&M::num_experts, 1),
-             "number of experts E (any count on any number of ranks)"),
+      with_option("experts", number("num_experts", K::shape, &M::num_experts, at_least(&M::num_experts, 1),
+                                    "number of experts E (any count on any number of ranks)")),
       number("d_model", K::shape, &M::d_model, at_least(&M::d_model, 1), "model dimension d"),
       number("d_hidden", K::shape, &M::d_hidden, at_least(&M::d_hidden, 1), "expert hidden dimension h"),
       number("d_shared_hidden", K::shape, &M::d_shared_hidden, at_least(&M::d_shared_hidden, 0),

@@ -29,6 +29,8 @@ struct ConfigField {
   // "" when the value is legal in this configuration, else the rule it breaks, worded to follow
   // "<name>=<value> " (for example "is outside 1..num_experts (8)").
   std::function<std::string(const MoeConfig&)> broken_rule;
+  // The command-line option when it is not the name with '-' for '_' (num_experts: --experts).
+  std::string_view option = {};
 };
 
 std::span<const ConfigField> config_fields();

@@ -206,6 +206,28 @@ void make_bad_files(const fs::path& dir) {
   meta("non_numeric_min_capacity", "min_capacity", "4x");
   meta("bad_bool", "normalize_topk", "yes");
   meta("bad_activation", "activation", "tanh");
+  // SPEC version 2 keys, and keys no version knows (a case for another layer is never computed as
+  // this one).
+  meta("unknown_key", "expert_bias", "0.1");
+  meta("bad_gate", "gate", "tanh");
+  meta("n_group_not_divisor", "n_group", "3");
+  meta("topk_group_zero", "topk_group", "0");
+  meta("topk_group_too_many", "topk_group", "2");
+  meta("zero_scaling", "routed_scaling_factor", "0");
+  meta("bad_scope", "capacity_scope", "node");
+  meta("bias_rate_with_softmax", "bias_update_rate", "0.01");
+  put_case("bias_with_softmax", [](SafetensorsFile& f) {
+    const std::vector<float> zeros(8, 0.0f);
+    f.tensors["gate.e_score_correction_bias"] = Tensor::from_f32({8}, zeros);
+  });
+  put_case("bias_wrong_shape", [](SafetensorsFile& f) {
+    f.metadata["gate"] = "sigmoid";
+    const std::vector<float> zeros(7, 0.0f);
+    f.tensors["gate.e_score_correction_bias"] = Tensor::from_f32({7}, zeros);
+  });
+  put_case("shared_expert_incomplete", [](SafetensorsFile& f) {
+    f.tensors["shared_expert.w1.weight"] = f.tensors.at("experts.0.w1.weight");
+  });
 
   // Files a refused run must not touch: a result (moe-replay --out) and a log (moe-train --json).
   write_safetensors(dir / "existing_out.safetensors", base);

@@ -28,9 +28,9 @@ endfunction()
 set(out ${bad_dir}/existing_out.safetensors)
 set(replay_files
   "empty|file is 0 bytes, shorter than the 8-byte header length field"
-  "truncated_header|header length 2960 is larger than the 192 bytes that follow the length field"
+  "truncated_header|header length 3088 is larger than the 192 bytes that follow the length field"
   "truncated_data|end is beyond the data section of 21528 bytes"
-  "huge_header_length|header length 9223372036854775808 is larger than the 25488 bytes"
+  "huge_header_length|header length 9223372036854775808 is larger than the 25616 bytes"
   "garbled_header|header is not valid JSON: [json.exception.parse_error.101]"
   "offsets_past_end|tensor 'input': data_offsets [19648, 26624] end is beyond the data section"
   "overlapping_tensors|tensors 'experts.7.w2.weight' [15424, 16384] and 'gate.weight' [16380, 16764] overlap"
@@ -46,12 +46,23 @@ set(replay_files
   "empty_tokens_entry|tokens_per_rank entry: '' is not an integer"
   "overflowing_tokens|tokens_per_rank sums to more than 2^63-1 tokens"
   "negative_top_k|top_k=-1 is outside 1..num_experts (8)"
-  "negative_min_capacity|min_capacity must be >= 0, got -2"
-  "negative_aux_loss|aux_loss_coef must be finite and >= 0, got -0.5"
+  "negative_min_capacity|min_capacity=-2 must be at least 0"
+  "negative_aux_loss|aux_loss_coef=-0.5 must be finite and >= 0"
   "nan_capacity|capacity_factor: 'nan' is not a finite number"
   "non_numeric_min_capacity|min_capacity: '4x' is not an integer"
   "bad_bool|normalize_topk: 'yes' is not true or false"
-  "bad_activation|activation 'tanh' is not one of: gelu, gelu_tanh, relu, silu, swiglu")
+  "bad_activation|activation 'tanh' is not one of: gelu, gelu_tanh, relu, silu, swiglu"
+  "unknown_key|metadata key 'expert_bias' is not an option of this layer (known: top_k, capacity_factor"
+  "bad_gate|gate 'tanh' is not one of: softmax, sigmoid"
+  "n_group_not_divisor|n_group=3 does not divide num_experts (8)"
+  "topk_group_zero|topk_group=0 is outside 1..n_group (1)"
+  "topk_group_too_many|topk_group=2 is outside 1..n_group (1)"
+  "zero_scaling|routed_scaling_factor=0 must be finite and > 0"
+  "bad_scope|capacity_scope 'node' is not one of: rank, global"
+  "bias_rate_with_softmax|bias_update_rate=0.01 needs gate=sigmoid"
+  "bias_with_softmax|tensor 'gate.e_score_correction_bias' is not a parameter of this layer (gate softmax"
+  "bias_wrong_shape|tensor 'gate.e_score_correction_bias' has shape [7], expected [8]"
+  "shared_expert_incomplete|tensor 'shared_expert.w1.bias' is missing")
 # All at 2 ranks; the container's worst cases also at 1 and 4 (the files hold a 2-rank case, but
 # these errors come before the rank count is compared).
 set(also_at_1_and_4 huge_header_length deeply_nested_json overlapping_tensors overflowing_tokens)
@@ -95,13 +106,15 @@ endforeach()
 set(bench_args
   "unknown_option|2|--frobnicate|unrecognised option '--frobnicate'"
   "missing_value|2|--experts|the required argument for option '--experts' is missing"
-  "not_numeric|2|--experts,abc|the argument ('abc') for option '--experts' is invalid"
+  "not_numeric|2|--experts,abc|--experts: 'abc' is not an integer"
   "negative_tokens|2|--tokens,-5|--tokens must be >= 0"
   "zero_iters|1|--iters,0|--iters must be >= 1"
-  "negative_d_model|2|--d-model,-1|d_model must be at least 1, got -1"
+  "negative_d_model|2|--d-model,-1|d_model=-1 must be at least 1"
   "top_k_zero|2|--top-k,0|top_k=0 is outside 1..num_experts (8)"
-  "nan_capacity|2|--capacity-factor,nan|capacity_factor must be finite, got nan"
-  "experts_not_divisible|4|--experts,6,--tokens,8|num_experts=6 is not divisible by the expert-parallel size 4"
+  "nan_capacity|2|--capacity-factor,nan|--capacity-factor: 'nan' is not a finite number"
+  "n_group_not_divisor|4|--experts,6,--n-group,4,--tokens,8|n_group=4 does not divide num_experts (6)"
+  "bad_gate|2|--gate,tanh|--gate 'tanh' is not one of: softmax, sigmoid"
+  "bias_rate_with_softmax|2|--bias-update-rate,0.1|bias_update_rate=0.1 needs gate=sigmoid"
   "unknown_activation|2|--activation,tanh|--activation 'tanh' is not one of")
 foreach(entry IN LISTS bench_args)
   string(REPLACE "|" ";" parts "${entry}")

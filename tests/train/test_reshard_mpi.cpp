@@ -3,9 +3,8 @@
 // experts (ranks owning no expert). The loaded model, saved again, must give bitwise the same
 // tensors (parameters, Adam moments, selection biases). Every rank feeds the same tokens in every
 // layout, so the first layer routes every token as the saved model did, and outputs and
-// predictions match within SPEC.md section 9's 1e-5 (bitwise is promised only for the same rank
-// count: an expert's batch holds other rows in another layout, and sgemm may round a row
-// differently in another batch).
+// predictions are bitwise those of the saved model in its own layout, within 1e-6 in the others
+// (an expert's GEMM has other rows there, and oneDNN's kernels round by row count on some CPUs).
 //
 // The models are SPEC version 2 ones: sigmoid gate whose selection bias moves during training,
 // group-limited routing, routed scaling and a shared expert.
@@ -171,10 +170,11 @@ void check_reshard(comm::MpiCommunicator& world, const std::string& name,
         const Outputs got = run_forward(loaded, batch, ep_size * tokens);
         CHECK(got.first_layer_experts == expected.first_layer_experts);
         CHECK(got.first_layer_kept == expected.first_layer_kept);
+        const double bound = ep_size == save_ep ? 0.0 : 1e-6;
         for (std::size_t l = 0; l < expected.blocks.size(); ++l) {
-          CHECK(relative_error(got.blocks[l], expected.blocks[l]) <= 1e-5);
+          CHECK(relative_error(got.blocks[l], expected.blocks[l]) <= bound);
         }
-        CHECK(relative_error(got.predictions, expected.predictions) <= 1e-5);
+        CHECK(relative_error(got.predictions, expected.predictions) <= bound);
         // Saved again from this layout: the same tensors, bit for bit.
         const fs::path again = root / ("again_ep" + std::to_string(ep_size));
         save(*used, again, 3, loaded, loaded_adam, ep_size);
@@ -213,5 +213,5 @@ TEST_CASE("a checkpoint saved by more ranks than experts loads on any rank count
   // the experts split 1 + 2.
   check_reshard(*world, "e3", model_config(3), 4, {1, 2, 3, 4});
   // E = 2 on 4 ranks: ranks 0 and 2 own no expert, so shard 3 of 4 holds no tensor at all.
-  check_reshard(*world, "e2", model_config(2), 4, {1, 3});
+  check_reshard(*world, "e2", model_config(2), 4, {1, 3, 4});
 }
