@@ -134,4 +134,13 @@ void gemm(Op op_a, Op op_b, std::int64_t m, std::int64_t n, std::int64_t k, floa
 
 bool bf16_is_native() { return detail::native_bf16(); }
 
+bool gemm_allocation_free(bool bf16_operands) {
+  if (detail::row_policy() == detail::RowPolicy::runtime) return false;  // chosen for gemm:jit
+  detail::MatmulProblem probe;
+  probe.m = probe.n = probe.k = probe.lda = probe.ldb = probe.ldc = 256;
+  probe.trans_b = true;
+  if (bf16_operands && detail::native_bf16()) probe.type = detail::DataType::bf16;
+  return detail::implementation(probe).rfind("gemm", 0) != 0;
+}
+
 }  // namespace moe::experts

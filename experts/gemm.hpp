@@ -43,4 +43,10 @@ void gemm(Op op_a, Op op_b, std::int64_t m, std::int64_t n, std::int64_t k, floa
 // True when bf16 GEMMs run on native oneDNN bf16 kernels here (see above).
 bool bf16_is_native();
 
+// True when oneDNN runs these GEMMs without allocating buffers of its own: its fixed-shape
+// kernels (brgemm, AVX-512) with the scratchpad this code owns. False where its matmul falls back
+// to its sgemm ("gemm:jit", CPUs without AVX-512), which allocates packing buffers on every call.
+// Either way oneDNN 2.6 allocates a few small blocks inside every primitive execution.
+bool gemm_allocation_free(bool bf16_operands);
+
 }  // namespace moe::experts

@@ -49,10 +49,6 @@ void* thread_scratchpad(std::size_t bytes) {
   return buffer.data() + ((64 - address % 64) % 64);
 }
 
-dnnl::memory::data_type dnnl_type(DataType t) {
-  return t == DataType::bf16 ? dnnl::memory::data_type::bf16 : dnnl::memory::data_type::f32;
-}
-
 dnnl::algorithm eltwise_of(Activation a) {
   switch (a) {
     case Activation::gelu: return dnnl::algorithm::eltwise_gelu_erf;
@@ -64,22 +60,33 @@ dnnl::algorithm eltwise_of(Activation a) {
   return dnnl::algorithm::eltwise_swish;  // silu(x) = x * sigmoid(1 * x)
 }
 
-// Memory descriptors of the three operands (or, with runtime dims, their templates).
+// Memory descriptors of the operands (or, with runtime dims, their templates). oneDNN's C
+// structs: the C++ wrapper takes dims as std::vector, an allocation per call of a runtime-dims
+// primitive.
 struct Descs {
-  dnnl::memory::desc a, b, c, bias;
+  dnnl_memory_desc_t a, b, c, bias;
 };
 
+dnnl_memory_desc_t matrix_desc(dnnl_dim_t rows, dnnl_dim_t cols, dnnl_data_type_t type,
+                               dnnl_dim_t row_stride, dnnl_dim_t col_stride) {
+  dnnl_memory_desc_t md;
+  const dnnl_dims_t dims{rows, cols};
+  const dnnl_dims_t strides{row_stride, col_stride};
+  check(dnnl_memory_desc_init_by_strides(&md, 2, dims, type, strides),
+        "dnnl_memory_desc_init_by_strides");
+  return md;
+}
+
 Descs descs_of(const MatmulProblem& p, bool runtime) {
-  using dims = dnnl::memory::dims;
   const dnnl_dim_t m = runtime ? kRuntime : p.m, k = runtime ? kRuntime : p.k;
   const dnnl_dim_t lda = runtime ? kRuntime : p.lda, ldb = runtime ? kRuntime : p.ldb;
   const dnnl_dim_t ldc = runtime ? kRuntime : p.ldc;
-  const auto t = dnnl_type(p.type);
-  Descs d;
-  d.a = dnnl::memory::desc(dims{m, k}, t, p.trans_a ? dims{1, lda} : dims{lda, 1});
-  d.b = dnnl::memory::desc(dims{k, p.n}, t, p.trans_b ? dims{1, ldb} : dims{ldb, 1});
-  d.c = dnnl::memory::desc(dims{m, p.n}, dnnl::memory::data_type::f32, dims{ldc, 1});
-  if (p.bias) d.bias = dnnl::memory::desc(dims{1, p.n}, dnnl::memory::data_type::f32, dims{p.n, 1});
+  const dnnl_data_type_t t = p.type == DataType::bf16 ? dnnl_bf16 : dnnl_f32;
+  Descs d{};
+  d.a = p.trans_a ? matrix_desc(m, k, t, 1, lda) : matrix_desc(m, k, t, lda, 1);
+  d.b = p.trans_b ? matrix_desc(k, p.n, t, 1, ldb) : matrix_desc(k, p.n, t, ldb, 1);
+  d.c = matrix_desc(m, p.n, dnnl_f32, ldc, 1);
+  if (p.bias) d.bias = matrix_desc(1, p.n, dnnl_f32, p.n, 1);
   return d;
 }
 
@@ -93,7 +100,8 @@ dnnl::matmul::primitive_desc make_pd(const MatmulProblem& p, bool runtime) {
   if (p.beta != 0.0f) ops.append_sum(p.beta);
   if (p.activation) ops.append_eltwise(1.0f, eltwise_of(p.activation_kind), p.activation_kind == Activation::silu ? 1.0f : 0.0f, 0.0f);
   attr.set_post_ops(ops);
-  const auto desc = p.bias ? dnnl::matmul::desc(d.a, d.b, d.bias, d.c) : dnnl::matmul::desc(d.a, d.b, d.c);
+  const dnnl::memory::desc a(d.a), b(d.b), c(d.c), bias(d.bias);
+  const auto desc = p.bias ? dnnl::matmul::desc(a, b, bias, c) : dnnl::matmul::desc(a, b, c);
   return dnnl::matmul::primitive_desc(desc, attr, cpu_engine());
 }
 
@@ -101,7 +109,7 @@ dnnl::matmul::primitive_desc make_pd(const MatmulProblem& p, bool runtime) {
 struct Entry {
   std::mutex mutex;  // one execution at a time: the memory objects are shared state
   dnnl::matmul primitive;
-  dnnl::memory::desc scratchpad;
+  dnnl_memory_desc_t scratchpad{};
   bool runtime = false;
   std::array<dnnl_memory_t, 5> memory{};  // a, b, c, bias, scratchpad (exact shapes only)
   std::uint64_t last_use = 0;
@@ -112,9 +120,9 @@ struct Entry {
   }
 };
 
-dnnl_memory_t create_memory(const dnnl::memory::desc& md) {
+dnnl_memory_t create_memory(const dnnl_memory_desc_t& md) {
   dnnl_memory_t m = nullptr;
-  check(dnnl_memory_create(&m, &md.data, cpu_engine().get(), DNNL_MEMORY_NONE), "dnnl_memory_create");
+  check(dnnl_memory_create(&m, &md, cpu_engine().get(), DNNL_MEMORY_NONE), "dnnl_memory_create");
   return m;
 }
 
@@ -157,7 +165,7 @@ class Cache {
     auto entry = std::make_shared<Entry>();
     const auto pd = make_pd(p, runtime);
     entry->primitive = dnnl::matmul(pd);
-    entry->scratchpad = pd.scratchpad_desc();
+    entry->scratchpad = pd.scratchpad_desc().data;
     entry->runtime = runtime;
     if (!runtime) {
       const Descs d = descs_of(p, false);
@@ -198,7 +206,7 @@ struct CallMemory {
 void execute(Entry& entry, const MatmulProblem& p, const void* a, const void* b, float* c,
              const float* bias) {
   std::lock_guard lock(entry.mutex);
-  void* scratch = thread_scratchpad(entry.scratchpad.get_size());
+  void* scratch = thread_scratchpad(dnnl_memory_desc_get_size(&entry.scratchpad));
   CallMemory call;
   std::array<dnnl_memory_t, 5>* memory = &entry.memory;
   if (entry.runtime) {
