@@ -189,6 +189,7 @@ class Cache {
 };
 
 Cache& cache() {
+  cpu_engine();  // constructed first, so destroyed after the primitives that use it
   static Cache c;
   return c;
 }
