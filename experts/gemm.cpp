@@ -66,8 +66,9 @@ std::span<const float> widened(std::span<const bf16> in, std::int64_t rows, std:
   const auto size = static_cast<std::size_t>(rows * cols);
   if (out.size() < size) out.resize(size);
   for (std::int64_t i = 0; i < rows; ++i) {
-    convert(in.subspan(static_cast<std::size_t>(i * ld), static_cast<std::size_t>(cols)),
-            std::span(out).subspan(static_cast<std::size_t>(i * cols), static_cast<std::size_t>(cols)));
+    const auto width = static_cast<std::size_t>(cols);
+    convert(in.subspan(static_cast<std::size_t>(i * ld), width),
+            std::span(out).subspan(static_cast<std::size_t>(i * cols), width));
   }
   return std::span<const float>(out).first(size);
 }

@@ -90,8 +90,9 @@ std::span<const float> bias_if(bool fused, std::span<const float> bias) {
 }
 
 template <typename T>
-void forward_rows(const ExpertShard& shard, std::span<const T> x, std::span<const std::int64_t> offsets,
-                  std::span<float> y, FfnActivations& saved, const FfnWork& work) {
+void forward_rows(const ExpertShard& shard, std::span<const T> x,
+                  std::span<const std::int64_t> offsets, std::span<float> y,
+                  FfnActivations& saved, const FfnWork& work) {
   const Weights<T> weights{shard};
   const std::int64_t d = shard.shape().d_model;
   const std::int64_t h = shard.shape().d_hidden;

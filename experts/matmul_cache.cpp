@@ -98,7 +98,10 @@ dnnl::matmul::primitive_desc make_pd(const MatmulProblem& p, bool runtime) {
   dnnl::post_ops ops;
   // Order matters: dst = act(alpha * AB + bias + beta * dst).
   if (p.beta != 0.0f) ops.append_sum(p.beta);
-  if (p.activation) ops.append_eltwise(1.0f, eltwise_of(p.activation_kind), p.activation_kind == Activation::silu ? 1.0f : 0.0f, 0.0f);
+  if (p.activation) {
+    const float alpha = p.activation_kind == Activation::silu ? 1.0f : 0.0f;  // swish's beta
+    ops.append_eltwise(1.0f, eltwise_of(p.activation_kind), alpha, 0.0f);
+  }
   attr.set_post_ops(ops);
   const dnnl::memory::desc a(d.a), b(d.b), c(d.c), bias(d.bias);
   const auto desc = p.bias ? dnnl::matmul::desc(a, b, bias, c) : dnnl::matmul::desc(a, b, c);
@@ -131,10 +134,13 @@ using Key = std::array<std::int64_t, 9>;
 Key key_of(const MatmulProblem& p, bool runtime) {
   const std::int64_t flags = (p.trans_a ? 1 : 0) | (p.trans_b ? 2 : 0) | (p.bias ? 4 : 0) |
                              (p.activation ? 8 : 0) | (static_cast<std::int64_t>(p.type) << 4) |
-                             (static_cast<std::int64_t>(p.activation_kind) << 8) | (runtime ? 1 << 16 : 0);
-  const std::int64_t any = -1;
-  return {runtime ? any : p.m, p.n,           runtime ? any : p.k, runtime ? any : p.lda,
-          runtime ? any : p.ldb, runtime ? any : p.ldc, flags, std::bit_cast<std::int32_t>(p.alpha),
+                             (static_cast<std::int64_t>(p.activation_kind) << 8) |
+                             (runtime ? 1 << 16 : 0);
+  const std::int64_t any = -1;  // runtime dims: one primitive for every value
+  return {runtime ? any : p.m,   p.n,
+          runtime ? any : p.k,   runtime ? any : p.lda,
+          runtime ? any : p.ldb, runtime ? any : p.ldc,
+          flags,                 std::bit_cast<std::int32_t>(p.alpha),
           std::bit_cast<std::int32_t>(p.beta)};
 }
 
@@ -285,7 +291,7 @@ void run(const MatmulProblem& p, const void* a, const void* b, float* c, const f
   }
   // Blocked: M and K each as a multiple of kRowQuantum plus a tail. K is split only without a
   // fused activation (the activation needs the whole sum); its second piece accumulates.
-  const std::size_t elem = p.type == DataType::bf16 ? 2 : 4;
+  const std::int64_t elem = p.type == DataType::bf16 ? 2 : 4;  // bytes
   const auto* a_bytes = static_cast<const std::byte*>(a);
   const auto* b_bytes = static_cast<const std::byte*>(b);
   const std::int64_t m_bulk = p.m / kRowQuantum * kRowQuantum;
@@ -304,9 +310,8 @@ void run(const MatmulProblem& p, const void* a, const void* b, float* c, const f
       // Element (i, j) of op(A) sits at i*lda + j (or j*lda + i when transposed).
       const std::int64_t a_offset = p.trans_a ? k0 * p.lda + m0 : m0 * p.lda + k0;
       const std::int64_t b_offset = p.trans_b ? k0 : k0 * p.ldb;
-      execute(*cache().get(piece, false), piece, a_bytes + a_offset * static_cast<std::int64_t>(elem),
-              b_bytes + b_offset * static_cast<std::int64_t>(elem), c + m0 * p.ldc,
-              piece.bias ? bias : nullptr);
+      execute(*cache().get(piece, false), piece, a_bytes + a_offset * elem,
+              b_bytes + b_offset * elem, c + m0 * p.ldc, piece.bias ? bias : nullptr);
     }
   }
 }

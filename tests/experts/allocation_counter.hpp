@@ -89,7 +89,8 @@ inline void record(void* caller, std::size_t bytes, bool cxx_new) {
 inline void* new_impl(std::size_t n, void* caller, std::size_t alignment = 0) {
   record(caller, n, true);
   if (n == 0) n = 1;
-  void* p = alignment > alignof(std::max_align_t) ? __libc_memalign(alignment, n) : __libc_malloc(n);
+  void* p = alignment > alignof(std::max_align_t) ? __libc_memalign(alignment, n)
+                                                  : __libc_malloc(n);
   if (p == nullptr) throw std::bad_alloc();
   return p;
 }

@@ -162,6 +162,19 @@ void add_precision(std::vector<Pass>& passes, Bench& b, Compute compute) {
       ffn_backward(b.shard, b.x, b.offsets, b.saved, b.dy, b.dx, b.grads, work);
     }, b.fwd_flops + b.bwd_flops});
   }
+  // The other row policy of experts/matmul_cache.hpp, for comparison with the one in force.
+  using detail::RowPolicy;
+  const auto other =
+      detail::row_policy() == RowPolicy::blocked ? RowPolicy::runtime : RowPolicy::blocked;
+  const char* name = other == RowPolicy::blocked ? "forward+backward (blocked rows)"
+                                                 : "forward+backward (runtime rows)";
+  passes.push_back({compute, name, [&b, compute, other] {
+    const auto in_force = detail::row_policy();
+    detail::set_row_policy(other);
+    ffn_forward(b.shard, b.x, b.offsets, b.y, b.saved, compute);
+    ffn_backward(b.shard, b.x, b.offsets, b.saved, b.dy, b.dx, b.grads);
+    detail::set_row_policy(in_force);
+  }, b.fwd_flops + b.bwd_flops});
   passes.push_back({compute, "gemm floor forward", [&b, compute] {
     run_forward_gemms(b.shard, b.rows, b.floor, compute);
   }, b.fwd_flops});
@@ -190,8 +203,9 @@ void add_activation_fusion(std::vector<Pass>& passes, Bench& b) {
       if (!fused) bias_activation_forward(b.o.activation, m, h, {}, b.pre, b.act);
     }
   };
-  passes.push_back({Compute::fp32, "first layer, act fused", [=] { first_layer(true); }, b.fwd_flops / 2});
-  passes.push_back({Compute::fp32, "first layer, act pass", [=] { first_layer(false); }, b.fwd_flops / 2});
+  const double flops = b.fwd_flops / 2;
+  passes.push_back({Compute::fp32, "first layer, act fused", [=] { first_layer(true); }, flops});
+  passes.push_back({Compute::fp32, "first layer, act pass", [=] { first_layer(false); }, flops});
 }
 
 }  // namespace
@@ -199,7 +213,8 @@ void add_activation_fusion(std::vector<Pass>& passes, Bench& b) {
 int main(int argc, char** argv) try {
   const Options o = parse(argc, argv);
   if (o.policy != "auto") {
-    detail::set_row_policy(o.policy == "blocked" ? detail::RowPolicy::blocked : detail::RowPolicy::runtime);
+    detail::set_row_policy(o.policy == "blocked" ? detail::RowPolicy::blocked
+                                                 : detail::RowPolicy::runtime);
   }
   Bench b = make_bench(o);
   const char* threads = std::getenv("OMP_NUM_THREADS");
@@ -220,8 +235,9 @@ int main(int argc, char** argv) try {
   add_precision(passes, b, Compute::bf16);
   measure(passes, o.reps);
 
-  const bool finite = std::all_of(b.y.begin(), b.y.end(), [](float v) { return std::isfinite(v); }) &&
-                      std::all_of(b.dx.begin(), b.dx.end(), [](float v) { return std::isfinite(v); });
+  const auto is_finite = [](float v) { return std::isfinite(v); };
+  const bool finite = std::all_of(b.y.begin(), b.y.end(), is_finite) &&
+                      std::all_of(b.dx.begin(), b.dx.end(), is_finite);
   if (!finite) std::fprintf(stderr, "bench_ffn: non-finite output or input gradient\n");
   return finite ? 0 : 1;
 } catch (const std::exception& e) {

@@ -156,8 +156,11 @@ TEST_CASE("experts/gemm with bf16 operands accumulates their exact products in f
   for (std::int64_t i = 0; i < m; ++i) {
     for (std::int64_t j = 0; j < n; ++j) {
       double want = 0.5;
-      for (std::int64_t p = 0; p < k; ++p) want += op_at(wa, op_a, lda, i, p) * op_at(wb, op_b, ldb, p, j);
-      CHECK(static_cast<double>(c[static_cast<std::size_t>(i * n + j)]) == Approx(want).margin(1e-4));
+      for (std::int64_t p = 0; p < k; ++p) {
+        want += op_at(wa, op_a, lda, i, p) * op_at(wb, op_b, ldb, p, j);
+      }
+      const double got = c[static_cast<std::size_t>(i * n + j)];
+      CHECK(got == Approx(want).margin(1e-4));
     }
   }
 }
@@ -179,9 +182,12 @@ TEST_CASE("experts/gemm fuses a bias and an activation", "[experts][gemm]") {
   for (std::int64_t i = 0; i < m; ++i) {
     for (std::int64_t j = 0; j < n; ++j) {
       double pre = bias[static_cast<std::size_t>(j)];
-      for (std::int64_t p = 0; p < k; ++p) pre += op_at(a, Op::none, k, i, p) * op_at(b, Op::transpose, k, p, j);
+      for (std::int64_t p = 0; p < k; ++p) {
+        pre += op_at(a, Op::none, k, i, p) * op_at(b, Op::transpose, k, p, j);
+      }
       const double want = moe::experts::test::ref_activate(act, pre);
-      CHECK(static_cast<double>(c[static_cast<std::size_t>(i * n + j)]) == Approx(want).margin(1e-5));
+      const double got = c[static_cast<std::size_t>(i * n + j)];
+      CHECK(got == Approx(want).margin(1e-5));
     }
   }
 }

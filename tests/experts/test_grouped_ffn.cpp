@@ -69,7 +69,8 @@ void keep_away_from_relu_kink(Case& c, double margin, unsigned seed) {
     const auto b1 = c.shard.b1(e);
     for (std::int64_t i = c.offsets[static_cast<std::size_t>(e)];
          i < c.offsets[static_cast<std::size_t>(e) + 1]; ++i) {
-      const auto row = std::span(c.x).subspan(static_cast<std::size_t>(i * d), static_cast<std::size_t>(d));
+      const auto row =
+          std::span(c.x).subspan(static_cast<std::size_t>(i * d), static_cast<std::size_t>(d));
       for (bool near_kink = true; near_kink;) {
         near_kink = false;
         for (std::int64_t j = 0; j < h && !near_kink; ++j) {
