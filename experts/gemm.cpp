@@ -3,9 +3,13 @@
 #include <algorithm>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
+#include <oneapi/dnnl/dnnl.h>
+
+#include "experts/activation_kernels.hpp"
 #include "experts/matmul_cache.hpp"
 
 namespace moe::experts {
@@ -73,6 +77,28 @@ std::span<const float> widened(std::span<const bf16> in, std::int64_t rows, std:
   return std::span<const float>(out).first(size);
 }
 
+// The sgemm row policy (experts/matmul_cache.hpp): oneDNN's sgemm, then the epilogue row by row.
+void sgemm(const detail::MatmulProblem& p, const float* a, const float* b, float* c,
+           const Epilogue& epilogue) {
+  const dnnl_status_t status =
+      dnnl_sgemm(p.trans_a ? 'T' : 'N', p.trans_b ? 'T' : 'N', p.m, p.n, p.k, p.alpha, a, p.lda,
+                 b, p.ldb, p.beta, c, p.ldc);
+  if (status != dnnl_success) {
+    throw std::runtime_error("dnnl_sgemm(m=" + std::to_string(p.m) + ", n=" + std::to_string(p.n) +
+                             ", k=" + std::to_string(p.k) + ") failed: status " +
+                             std::to_string(static_cast<int>(status)));
+  }
+  if (epilogue.bias.empty() && !epilogue.activation) return;
+  for (std::int64_t i = 0; i < p.m; ++i) {
+    const std::span<float> row(c + i * p.ldc, static_cast<std::size_t>(p.n));
+    if (epilogue.activation) {
+      bias_activation_forward(*epilogue.activation, 1, p.n, epilogue.bias, row, row);
+    } else {
+      add_row_bias(1, p.n, epilogue.bias, row);
+    }
+  }
+}
+
 template <typename T>
 void gemm_any(Op op_a, Op op_b, std::int64_t m, std::int64_t n, std::int64_t k, float alpha,
               std::span<const T> a, std::int64_t lda, std::span<const T> b, std::int64_t ldb,
@@ -95,7 +121,7 @@ void gemm_any(Op op_a, Op op_b, std::int64_t m, std::int64_t n, std::int64_t k, 
     return;
   }
   if constexpr (std::is_same_v<T, bf16>) {
-    if (!detail::native_bf16()) {
+    if (!detail::native_bf16() || detail::row_policy() == detail::RowPolicy::sgemm) {
       gemm_any<float>(op_a, op_b, m, n, k, alpha, widened(a, a_rows, a_cols, lda, 0), a_cols,
                       widened(b, b_rows, b_cols, ldb, 1), b_cols, beta, c, ldc, epilogue);
       return;
@@ -116,6 +142,12 @@ void gemm_any(Op op_a, Op op_b, std::int64_t m, std::int64_t n, std::int64_t k, 
   p.bias = !epilogue.bias.empty();
   p.activation = epilogue.activation.has_value();
   if (epilogue.activation) p.activation_kind = *epilogue.activation;
+  if constexpr (std::is_same_v<T, float>) {
+    if (detail::row_policy() == detail::RowPolicy::sgemm) {
+      sgemm(p, a.data(), b.data(), c.data(), epilogue);
+      return;
+    }
+  }
   detail::run(p, a.data(), b.data(), c.data(), p.bias ? epilogue.bias.data() : nullptr);
 }
 
@@ -136,12 +168,21 @@ void gemm(Op op_a, Op op_b, std::int64_t m, std::int64_t n, std::int64_t k, floa
 bool bf16_is_native() { return detail::native_bf16(); }
 
 bool gemm_allocation_free(bool bf16_operands) {
-  if (detail::row_policy() == detail::RowPolicy::runtime) return false;  // chosen for gemm:jit
-  detail::MatmulProblem probe;
-  probe.m = probe.n = probe.k = probe.lda = probe.ldb = probe.ldc = 256;
-  probe.trans_b = true;
-  if (bf16_operands && detail::native_bf16()) probe.type = detail::DataType::bf16;
-  return detail::implementation(probe).rfind("gemm", 0) != 0;
+  if (detail::row_policy() == detail::RowPolicy::sgemm) return false;
+  // Every operand layout the expert GEMMs use (forward A·Bᵀ, backward A·B and Aᵀ·B accumulating):
+  // oneDNN may pick its sgemm for one of them only.
+  for (const auto& [trans_a, trans_b, beta] : {std::tuple{false, true, 0.0f},
+                                              std::tuple{false, false, 0.0f},
+                                              std::tuple{true, false, 1.0f}}) {
+    detail::MatmulProblem probe;
+    probe.m = probe.n = probe.k = probe.lda = probe.ldb = probe.ldc = 256;
+    probe.trans_a = trans_a;
+    probe.trans_b = trans_b;
+    probe.beta = beta;
+    if (bf16_operands && detail::native_bf16()) probe.type = detail::DataType::bf16;
+    if (detail::implementation(probe).rfind("gemm", 0) == 0) return false;
+  }
+  return true;
 }
 
 }  // namespace moe::experts

@@ -15,7 +15,6 @@
 namespace moe::experts::detail {
 namespace {
 
-constexpr dnnl_dim_t kRuntime = DNNL_RUNTIME_DIM_VAL;
 // Enough for every kind x tail combination of a layer (and its router) many times over; the
 // bound only guards memory if a program multiplies many unrelated shapes.
 constexpr std::size_t kCacheCapacity = 1024;
@@ -60,9 +59,7 @@ dnnl::algorithm eltwise_of(Activation a) {
   return dnnl::algorithm::eltwise_swish;  // silu(x) = x * sigmoid(1 * x)
 }
 
-// Memory descriptors of the operands (or, with runtime dims, their templates). oneDNN's C
-// structs: the C++ wrapper takes dims as std::vector, an allocation per call of a runtime-dims
-// primitive.
+// Memory descriptors of the operands, as oneDNN's C structs (no std::vector of dims).
 struct Descs {
   dnnl_memory_desc_t a, b, c, bias;
 };
@@ -77,10 +74,8 @@ dnnl_memory_desc_t matrix_desc(dnnl_dim_t rows, dnnl_dim_t cols, dnnl_data_type_
   return md;
 }
 
-Descs descs_of(const MatmulProblem& p, bool runtime) {
-  const dnnl_dim_t m = runtime ? kRuntime : p.m, k = runtime ? kRuntime : p.k;
-  const dnnl_dim_t lda = runtime ? kRuntime : p.lda, ldb = runtime ? kRuntime : p.ldb;
-  const dnnl_dim_t ldc = runtime ? kRuntime : p.ldc;
+Descs descs_of(const MatmulProblem& p) {
+  const dnnl_dim_t m = p.m, k = p.k, lda = p.lda, ldb = p.ldb, ldc = p.ldc;
   const dnnl_data_type_t t = p.type == DataType::bf16 ? dnnl_bf16 : dnnl_f32;
   Descs d{};
   d.a = p.trans_a ? matrix_desc(m, k, t, 1, lda) : matrix_desc(m, k, t, lda, 1);
@@ -90,8 +85,8 @@ Descs descs_of(const MatmulProblem& p, bool runtime) {
   return d;
 }
 
-dnnl::matmul::primitive_desc make_pd(const MatmulProblem& p, bool runtime) {
-  const Descs d = descs_of(p, runtime);
+dnnl::matmul::primitive_desc make_pd(const MatmulProblem& p) {
+  const Descs d = descs_of(p);
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   if (p.alpha != 1.0f) attr.set_output_scales(0, {p.alpha});
@@ -108,13 +103,12 @@ dnnl::matmul::primitive_desc make_pd(const MatmulProblem& p, bool runtime) {
   return dnnl::matmul::primitive_desc(desc, attr, cpu_engine());
 }
 
-// A primitive and, for exact shapes, the memory objects it runs on (their handles change per call).
+// A primitive and the memory objects it runs on (their handles change per call).
 struct Entry {
   std::mutex mutex;  // one execution at a time: the memory objects are shared state
   dnnl::matmul primitive;
   dnnl_memory_desc_t scratchpad{};
-  bool runtime = false;
-  std::array<dnnl_memory_t, 5> memory{};  // a, b, c, bias, scratchpad (exact shapes only)
+  std::array<dnnl_memory_t, 5> memory{};  // a, b, c, bias, scratchpad
   std::uint64_t last_use = 0;
   ~Entry() {
     for (dnnl_memory_t m : memory) {
@@ -131,16 +125,11 @@ dnnl_memory_t create_memory(const dnnl_memory_desc_t& md) {
 
 using Key = std::array<std::int64_t, 9>;
 
-Key key_of(const MatmulProblem& p, bool runtime) {
+Key key_of(const MatmulProblem& p) {
   const std::int64_t flags = (p.trans_a ? 1 : 0) | (p.trans_b ? 2 : 0) | (p.bias ? 4 : 0) |
                              (p.activation ? 8 : 0) | (static_cast<std::int64_t>(p.type) << 4) |
-                             (static_cast<std::int64_t>(p.activation_kind) << 8) |
-                             (runtime ? 1 << 16 : 0);
-  const std::int64_t any = -1;  // runtime dims: one primitive for every value
-  return {runtime ? any : p.m,   p.n,
-          runtime ? any : p.k,   runtime ? any : p.lda,
-          runtime ? any : p.ldb, runtime ? any : p.ldc,
-          flags,                 std::bit_cast<std::int32_t>(p.alpha),
+                             (static_cast<std::int64_t>(p.activation_kind) << 8);
+  return {p.m,   p.n,   p.k, p.lda, p.ldb, p.ldc, flags, std::bit_cast<std::int32_t>(p.alpha),
           std::bit_cast<std::int32_t>(p.beta)};
 }
 
@@ -154,30 +143,27 @@ struct KeyHash {
 
 class Cache {
  public:
-  std::shared_ptr<Entry> get(const MatmulProblem& p, bool runtime) {
-    const Key key = key_of(p, runtime);
+  std::shared_ptr<Entry> get(const MatmulProblem& p) {
+    const Key key = key_of(p);
     std::lock_guard lock(mutex_);
     auto it = entries_.find(key);
     if (it == entries_.end()) {
       if (entries_.size() >= kCacheCapacity) evict_oldest();
-      it = entries_.emplace(key, make_entry(p, runtime)).first;
+      it = entries_.emplace(key, make_entry(p)).first;
     }
     it->second->last_use = ++clock_;
     return it->second;  // a shared_ptr copy: an evicted entry lives until its last call ends
   }
 
  private:
-  static std::shared_ptr<Entry> make_entry(const MatmulProblem& p, bool runtime) {
+  static std::shared_ptr<Entry> make_entry(const MatmulProblem& p) {
     auto entry = std::make_shared<Entry>();
-    const auto pd = make_pd(p, runtime);
+    const auto pd = make_pd(p);
     entry->primitive = dnnl::matmul(pd);
     entry->scratchpad = pd.scratchpad_desc().data;
-    entry->runtime = runtime;
-    if (!runtime) {
-      const Descs d = descs_of(p, false);
-      entry->memory = {create_memory(d.a), create_memory(d.b), create_memory(d.c),
-                       p.bias ? create_memory(d.bias) : nullptr, create_memory(entry->scratchpad)};
-    }
+    const Descs d = descs_of(p);
+    entry->memory = {create_memory(d.a), create_memory(d.b), create_memory(d.c),
+                     p.bias ? create_memory(d.bias) : nullptr, create_memory(entry->scratchpad)};
     return entry;
   }
 
@@ -200,29 +186,11 @@ Cache& cache() {
   return c;
 }
 
-// Per-call memory objects for a runtime-dims primitive (oneDNN allocates these internally).
-struct CallMemory {
-  std::array<dnnl_memory_t, 5> memory{};
-  ~CallMemory() {
-    for (dnnl_memory_t m : memory) {
-      if (m != nullptr) dnnl_memory_destroy(m);
-    }
-  }
-};
-
-void execute(Entry& entry, const MatmulProblem& p, const void* a, const void* b, float* c,
+void execute(Entry& entry, const void* a, const void* b, float* c,
              const float* bias) {
   std::lock_guard lock(entry.mutex);
   void* scratch = thread_scratchpad(dnnl_memory_desc_get_size(&entry.scratchpad));
-  CallMemory call;
-  std::array<dnnl_memory_t, 5>* memory = &entry.memory;
-  if (entry.runtime) {
-    const Descs d = descs_of(p, false);
-    call.memory = {create_memory(d.a), create_memory(d.b), create_memory(d.c),
-                   p.bias ? create_memory(d.bias) : nullptr, create_memory(entry.scratchpad)};
-    memory = &call.memory;
-  }
-  auto& mem = *memory;
+  const auto& mem = entry.memory;
   const std::array<void*, 5> handles{const_cast<void*>(a), const_cast<void*>(b), c,
                                      const_cast<float*>(bias), scratch};
   const std::array<int, 5> roles{DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, DNNL_ARG_DST, DNNL_ARG_BIAS,
@@ -248,7 +216,7 @@ RowPolicy automatic_policy() {
   probe.m = probe.n = probe.k = probe.lda = probe.ldb = probe.ldc = 256;
   probe.trans_b = true;
   const std::string impl = implementation(probe);
-  return impl.rfind("gemm", 0) == 0 ? RowPolicy::runtime : RowPolicy::blocked;
+  return impl.rfind("gemm", 0) == 0 ? RowPolicy::sgemm : RowPolicy::blocked;
 }
 
 }  // namespace
@@ -271,7 +239,7 @@ bool native_bf16() {
     probe.m = probe.n = probe.k = probe.lda = probe.ldb = probe.ldc = 64;
     probe.type = DataType::bf16;
     try {
-      make_pd(probe, false);
+      make_pd(probe);
       return true;
     } catch (const dnnl::error&) {
       return false;
@@ -281,14 +249,10 @@ bool native_bf16() {
 }
 
 std::string implementation(const MatmulProblem& problem) {
-  return make_pd(problem, false).impl_info_str();
+  return make_pd(problem).impl_info_str();
 }
 
 void run(const MatmulProblem& p, const void* a, const void* b, float* c, const float* bias) {
-  if (row_policy() == RowPolicy::runtime) {
-    execute(*cache().get(p, true), p, a, b, c, bias);
-    return;
-  }
   // Blocked: M and K each as a multiple of kRowQuantum plus a tail. K is split only without a
   // fused activation (the activation needs the whole sum); its second piece accumulates.
   const std::int64_t elem = p.type == DataType::bf16 ? 2 : 4;  // bytes
@@ -310,7 +274,7 @@ void run(const MatmulProblem& p, const void* a, const void* b, float* c, const f
       // Element (i, j) of op(A) sits at i*lda + j (or j*lda + i when transposed).
       const std::int64_t a_offset = p.trans_a ? k0 * p.lda + m0 : m0 * p.lda + k0;
       const std::int64_t b_offset = p.trans_b ? k0 : k0 * p.ldb;
-      execute(*cache().get(piece, false), piece, a_bytes + a_offset * elem,
+      execute(*cache().get(piece), a_bytes + a_offset * elem,
               b_bytes + b_offset * elem, c + m0 * p.ldc, piece.bias ? bias : nullptr);
     }
   }

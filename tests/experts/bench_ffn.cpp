@@ -2,7 +2,7 @@
 // (OMP_NUM_THREADS=1) to read per-core GFLOP/s. Default shape: the standard one (4 local experts
 // x 640 rows, d=512, h=1024).
 //   bench_ffn [--activation gelu] [--experts 4] [--rows 640] [--d 512] [--h 1024] [--reps 15]
-//             [--policy auto|runtime|blocked]
+//             [--policy auto|sgemm|blocked]
 // Columns: precision, pass, median/min ms over the repetitions after one warm-up, GFLOP/s of the
 // median and of the minimum counting 2*M*N*K per GEMM. The passes run round-robin so that all see
 // the same load of a shared machine. "gemm floor" runs the same code with the elementwise work
@@ -64,7 +64,7 @@ Options parse(int argc, char** argv) {
       o.h = std::stoll(value);
     } else if (key == "--reps") {
       o.reps = std::stoi(value);
-    } else if (key == "--policy" && (value == "auto" || value == "runtime" || value == "blocked")) {
+    } else if (key == "--policy" && (value == "auto" || value == "sgemm" || value == "blocked")) {
       o.policy = value;
     } else {
       throw std::invalid_argument("unknown option " + std::string(key) + " " + value);
@@ -165,9 +165,9 @@ void add_precision(std::vector<Pass>& passes, Bench& b, Compute compute) {
   // The other row policy of experts/matmul_cache.hpp, for comparison with the one in force.
   using detail::RowPolicy;
   const auto other =
-      detail::row_policy() == RowPolicy::blocked ? RowPolicy::runtime : RowPolicy::blocked;
+      detail::row_policy() == RowPolicy::blocked ? RowPolicy::sgemm : RowPolicy::blocked;
   const char* name = other == RowPolicy::blocked ? "forward+backward (blocked rows)"
-                                                 : "forward+backward (runtime rows)";
+                                                 : "forward+backward (sgemm rows)";
   passes.push_back({compute, name, [&b, compute, other] {
     const auto in_force = detail::row_policy();
     detail::set_row_policy(other);
@@ -214,7 +214,7 @@ int main(int argc, char** argv) try {
   const Options o = parse(argc, argv);
   if (o.policy != "auto") {
     detail::set_row_policy(o.policy == "blocked" ? detail::RowPolicy::blocked
-                                                 : detail::RowPolicy::runtime);
+                                                 : detail::RowPolicy::sgemm);
   }
   Bench b = make_bench(o);
   const char* threads = std::getenv("OMP_NUM_THREADS");
@@ -225,7 +225,7 @@ int main(int argc, char** argv) try {
   std::printf("# oneDNN: %s, row policy %s, bf16 %s\n",
               detail::implementation({.m = o.rows, .n = o.h, .k = o.d, .trans_b = true,
                                       .lda = o.d, .ldb = o.d, .ldc = o.h}).c_str(),
-              detail::row_policy() == detail::RowPolicy::blocked ? "blocked" : "runtime",
+              detail::row_policy() == detail::RowPolicy::blocked ? "blocked" : "sgemm",
               bf16_is_native() ? "native" : "emulated (operands widened to fp32: no speed-up)");
   std::printf("%-5s %-30s %10s %10s %10s %10s\n", "#", "pass", "median_ms", "min_ms", "GFLOP/s",
               "at min");

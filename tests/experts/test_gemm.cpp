@@ -42,7 +42,7 @@ TEST_CASE("experts/gemm matches float64 for every transpose and padded strides",
           "[experts][gemm]") {
   const Op op_a = GENERATE(Op::none, Op::transpose);
   const Op op_b = GENERATE(Op::none, Op::transpose);
-  const RowPolicy policy = GENERATE(RowPolicy::runtime, RowPolicy::blocked);
+  const RowPolicy policy = GENERATE(RowPolicy::sgemm, RowPolicy::blocked);
   const std::int64_t m = GENERATE(13, 45), n = 9, k = GENERATE(21, 70), pad = 3;
   CAPTURE(op_a == Op::transpose, op_b == Op::transpose, policy == RowPolicy::blocked, m, k);
   RowPolicyScope scope(policy);
@@ -141,7 +141,7 @@ TEST_CASE("experts/gemm with bf16 operands accumulates their exact products in f
           "[experts][gemm][bf16]") {
   const Op op_a = GENERATE(Op::none, Op::transpose);
   const Op op_b = GENERATE(Op::none, Op::transpose);
-  const RowPolicy policy = GENERATE(RowPolicy::runtime, RowPolicy::blocked);
+  const RowPolicy policy = GENERATE(RowPolicy::sgemm, RowPolicy::blocked);
   CAPTURE(op_a == Op::transpose, op_b == Op::transpose, policy == RowPolicy::blocked);
   RowPolicyScope scope(policy);
   const std::int64_t m = 37, n = 11, k = 66;
@@ -168,7 +168,7 @@ TEST_CASE("experts/gemm with bf16 operands accumulates their exact products in f
 TEST_CASE("experts/gemm fuses a bias and an activation", "[experts][gemm]") {
   const Activation act = GENERATE(Activation::gelu, Activation::gelu_tanh, Activation::relu,
                                   Activation::silu);
-  const RowPolicy policy = GENERATE(RowPolicy::runtime, RowPolicy::blocked);
+  const RowPolicy policy = GENERATE(RowPolicy::sgemm, RowPolicy::blocked);
   CAPTURE(moe::experts::to_string(act), policy == RowPolicy::blocked);
   RowPolicyScope scope(policy);
   const std::int64_t m = 40, n = 12, k = 35;

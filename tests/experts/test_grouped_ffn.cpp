@@ -129,7 +129,7 @@ TEST_CASE("experts/ffn forward and backward match the float64 reference", "[expe
                                 Activation::silu, Activation::swiglu);
   const std::size_t gi = GENERATE(range(std::size_t{0}, std::size_t{4}));
   const Compute compute = GENERATE(Compute::fp32, Compute::bf16);
-  const auto policy = GENERATE(detail::RowPolicy::runtime, detail::RowPolicy::blocked);
+  const auto policy = GENERATE(detail::RowPolicy::sgemm, detail::RowPolicy::blocked);
   const bool fuse_bias = GENERATE(true, false);
   const Grouping& g = groupings()[gi];
   CAPTURE(to_string(a), g.what, g.d, g.h, to_string(compute),
