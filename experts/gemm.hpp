@@ -1,8 +1,9 @@
-// Row-major GEMM on oneDNN matmul primitives: the one matrix product the host build uses (expert
-// FFNs, the router's logits), in fp32 or with bf16 operands. Primitives are created once per
-// problem kind and cached (experts/matmul_cache.hpp says how rows that change every call are
-// handled); their scratchpad is owned by the calling thread, so steady-state calls allocate no
-// buffers.
+// Row-major GEMM on oneDNN: the one matrix product the host build uses (expert FFNs, the
+// router's logits), in fp32 or with bf16 operands, optionally with a fused bias and activation.
+// On CPUs with oneDNN's brgemm kernels (AVX-512) it runs cached matmul primitives whose scratchpad
+// the calling thread owns, so steady-state calls allocate no buffers; elsewhere it runs
+// dnnl_sgemm, which packs into buffers it allocates itself (experts/matmul_cache.hpp says why,
+// and how rows that change every call are handled).
 #pragma once
 
 #include <cstdint>

@@ -13,7 +13,7 @@
 //    CPU without AVX-512), experts/gemm calls dnnl_sgemm directly, the epilogue in its own pass.
 //    The primitive would run the same kernels and allocate the same packing buffers on every
 //    call, and measured slower on small GEMMs (the router's: 2.5x single-threaded per call, and
-//    test_execution_np4 went from 90 s to over 300 s), because of its per-call overhead and the
+//    test_execution_np4 went from 90-140 s to a 300 s timeout), because of its per-call overhead and the
 //    parallel regions it opens for problems sgemm runs on one thread. A runtime-M primitive
 //    (DNNL_RUNTIME_DIM_VAL) is also gemm:jit here: the same speed at the standard shape, the same
 //    allocations, the same overhead.
