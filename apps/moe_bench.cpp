@@ -186,6 +186,8 @@ int bench(comm::MpiCommunicator& world, const Options& o) {
     // itself (the others add waiting for a slower rank's compute).
     double exchange[2] = {r.stats.exchange_seconds, ctx.backward_exchange_seconds()};
     world.allreduce(std::span<double>(exchange), comm::ReduceOp::min);
+    double shared = r.stats.shared_expert_seconds;  // inside the experts phase, beside the dispatch
+    world.allreduce(std::span<double>(&shared, 1), comm::ReduceOp::max);
 
     // Floors, right after, with this call's shapes.
     const auto first = r.stats.expert_kept.begin() + layer.first_expert();
@@ -216,6 +218,7 @@ int bench(comm::MpiCommunicator& world, const Options& o) {
     }
     series.add("exchange", exchange[0]);
     series.add("bwd_exchange", exchange[1]);
+    series.add("shared_expert", shared);
     series.add("gemm_fwd", floor_t[0]);
     series.add("gemm_bwd", floor_t[1]);
     series.add("raw_alltoallv", floor_t[2]);
@@ -257,6 +260,7 @@ int bench(comm::MpiCommunicator& world, const Options& o) {
   // Overlap: the forward against the longer of its exchanges and its expert compute.
   const double compute_ms = series.median_ms("fwd.experts");
   j["compute_ms"] = compute_ms;
+  j["shared_expert_ms"] = series.median_ms("shared_expert");
   j["fwd_over_max_exchange_compute"] = fwd_ms / std::max({exchange_ms, compute_ms, 1e-9});
   j["raw_alltoallv_ms"] = raw_ms;
   j["exchange_over_raw"] = raw_ms > 0 ? exchange_ms / raw_ms : 0.0;

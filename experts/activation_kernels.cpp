@@ -4,16 +4,16 @@
 
 #include "experts/activation_math.hpp"
 
-// Each kernel is compiled twice, for the default x86-64 target and for x86-64-v4 (AVX-512 with
-// FMA), and the dynamic loader picks one for this CPU (GCC's target_clones, an ifunc). The
-// default target has only 4-wide SSE2 without FMA, where the activation math is compute-bound
-// and cost ~10% of the expert GEMMs; the AVX-512 version is ~4x faster (measured on the
-// standard shape). oneDNN dispatches its GEMMs the same way. The row loops below are
+// Each kernel is compiled three times, for the default x86-64 target, x86-64-v3 (AVX2 with FMA:
+// CPUs, or virtual machines, that do not expose AVX-512) and x86-64-v4 (AVX-512 with FMA), and
+// the dynamic loader picks one for this CPU (GCC's target_clones, an ifunc). The default target
+// has only 4-wide SSE2 without FMA, where the activation math is compute-bound and cost ~10% of
+// the expert GEMMs; the AVX-512 version is ~4x faster (measured on the standard shape). oneDNN dispatches its GEMMs the same way. The row loops below are
 // always_inline so they are compiled inside, and for, each clone.
 // Not under ThreadSanitizer: the loader runs an ifunc's resolver while relocating the program,
 // before TSan's runtime is set up, and the instrumented resolver crashes there (SIGSEGV at start).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__SANITIZE_THREAD__)
-#define MOE_VECTOR_CLONES [[gnu::target_clones("arch=x86-64-v4", "default")]]
+#define MOE_VECTOR_CLONES [[gnu::target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")]]
 #else
 #define MOE_VECTOR_CLONES
 #endif

@@ -1,6 +1,7 @@
 #include "experts/expert_shard.hpp"
 
 #include <algorithm>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 
@@ -34,6 +35,32 @@ auto param_by_name(Shard& shard, std::int64_t e, std::string_view name) {
 
 }  // namespace
 
+void ExpertShard::refresh_bf16() const {
+  // One mutex for all shards: a refresh that finds the copies current is a compare, and one that
+  // converts runs once per weight update, so contention is not worth a mutex per shard (which
+  // would also make the shard immovable).
+  static std::mutex guard;
+  std::lock_guard lock(guard);
+  if (bf16_.current && bf16_.version == version_) return;
+  for (auto [from, to] : {std::pair{&w1_, &bf16_.w1}, std::pair{&w2_, &bf16_.w2},
+                          std::pair{&w3_, &bf16_.w3}}) {
+    to->resize(from->size());
+    convert(std::span<const float>(*from), std::span<bf16>(*to));
+  }
+  bf16_.version = version_;
+  bf16_.current = true;
+}
+
+std::span<const bf16> ExpertShard::w1_bf16(std::int64_t e) const {
+  return slice(std::span<const bf16>(bf16_.w1), num_experts_, e);
+}
+std::span<const bf16> ExpertShard::w2_bf16(std::int64_t e) const {
+  return slice(std::span<const bf16>(bf16_.w2), num_experts_, e);
+}
+std::span<const bf16> ExpertShard::w3_bf16(std::int64_t e) const {
+  return slice(std::span<const bf16>(bf16_.w3), num_experts_, e);
+}
+
 std::vector<std::string_view> expert_param_names(Activation activation) {
   if (is_gated(activation)) return {"w1.weight", "w2.weight", "w3.weight"};
   return {"w1.weight", "w1.bias", "w2.weight", "w2.bias"};
@@ -60,11 +87,26 @@ ExpertShard::ExpertShard(std::int64_t num_local_experts, ExpertShape shape)
   }
 }
 
-std::span<float> ExpertShard::w1(std::int64_t e) { return slice(std::span(w1_), num_experts_, e); }
-std::span<float> ExpertShard::b1(std::int64_t e) { return slice(std::span(b1_), num_experts_, e); }
-std::span<float> ExpertShard::w2(std::int64_t e) { return slice(std::span(w2_), num_experts_, e); }
-std::span<float> ExpertShard::b2(std::int64_t e) { return slice(std::span(b2_), num_experts_, e); }
-std::span<float> ExpertShard::w3(std::int64_t e) { return slice(std::span(w3_), num_experts_, e); }
+std::span<float> ExpertShard::w1(std::int64_t e) {
+  ++version_;
+  return slice(std::span(w1_), num_experts_, e);
+}
+std::span<float> ExpertShard::b1(std::int64_t e) {
+  ++version_;
+  return slice(std::span(b1_), num_experts_, e);
+}
+std::span<float> ExpertShard::w2(std::int64_t e) {
+  ++version_;
+  return slice(std::span(w2_), num_experts_, e);
+}
+std::span<float> ExpertShard::b2(std::int64_t e) {
+  ++version_;
+  return slice(std::span(b2_), num_experts_, e);
+}
+std::span<float> ExpertShard::w3(std::int64_t e) {
+  ++version_;
+  return slice(std::span(w3_), num_experts_, e);
+}
 std::span<const float> ExpertShard::w1(std::int64_t e) const {
   return slice(std::span(w1_), num_experts_, e);
 }
@@ -82,6 +124,7 @@ std::span<const float> ExpertShard::w3(std::int64_t e) const {
 }
 
 std::span<float> ExpertShard::param(std::int64_t e, std::string_view name) {
+  ++version_;
   return param_by_name(*this, e, name);
 }
 
@@ -105,6 +148,7 @@ std::vector<std::int64_t> ExpertShard::param_shape(std::string_view name) const 
 }
 
 void ExpertShard::set_zero() {
+  ++version_;
   for (auto* v : {&w1_, &b1_, &w2_, &b2_, &w3_}) std::fill(v->begin(), v->end(), 0.0f);
 }
 

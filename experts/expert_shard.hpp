@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "experts/activation.hpp"
+#include "experts/bf16.hpp"
 
 namespace moe::experts {
 
@@ -51,10 +52,33 @@ class ExpertShard {
 
   void set_zero();
 
+  // Counts changes of the parameters: every mutable view handed out above (w1(e), param(),
+  // set_zero()) counts as one, since the caller may write through it. A caller that keeps a
+  // mutable span and writes through it later calls mark_changed() after writing.
+  std::uint64_t version() const { return version_; }
+  void mark_changed() { ++version_; }
+
+  // bf16 copies of the weights for Compute::bf16 (row-major like the fp32 ones; empty w3 without
+  // swiglu). refresh_bf16() remakes them when version() moved on since the last refresh (the
+  // first call allocates them); it is cheap when they are current and safe to call from several
+  // threads. The views are valid until the next refresh that finds a change.
+  void refresh_bf16() const;
+  std::span<const bf16> w1_bf16(std::int64_t e) const;
+  std::span<const bf16> w2_bf16(std::int64_t e) const;
+  std::span<const bf16> w3_bf16(std::int64_t e) const;
+
  private:
+  struct Bf16Weights {
+    bool current = false;
+    std::uint64_t version = 0;
+    std::vector<bf16> w1, w2, w3;
+  };
+
   std::int64_t num_experts_ = 0;
   ExpertShape shape_;
   std::vector<float> w1_, b1_, w2_, b2_, w3_;
+  std::uint64_t version_ = 0;
+  mutable Bf16Weights bf16_;  // made by refresh_bf16(), under a process-wide mutex
 };
 
 }  // namespace moe::experts

@@ -197,10 +197,13 @@ const ForwardResult& MoeLayer::forward(std::span<const float> x, std::span<float
 
   const std::int64_t d = config_.d_model;
   shared_offsets_ = {0, plan.num_tokens};
+  ctx.result_.stats.shared_expert_seconds = 0;
   const auto shared_forward = [&] {
     if (!config_.has_shared_expert()) return;
+    const auto start = Clock::now();
     experts::ffn_forward(shared_expert_, x, shared_offsets_, rows(shared_rows_, 0, plan.num_tokens, d),
                          ctx.shared_ffn_);
+    ctx.result_.stats.shared_expert_seconds = std::chrono::duration<double>(Clock::now() - start).count();
     clock.lap(Phase::experts);
   };
   const double exchange_seconds =

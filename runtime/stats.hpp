@@ -33,6 +33,9 @@ struct ForwardStats {
   std::int64_t load_min = 0;
   double load_std = 0;
   std::array<double, kNumPhases> phase_seconds{};  // this rank's wall time per phase
+  // This rank's time computing the shared expert (part of the experts phase), which runs while
+  // the dispatch exchange is in flight.
+  double shared_expert_seconds = 0;
   // This rank's time inside the two exchanges. With overlap_chunks > 1 they run beside the
   // expert compute, so this is more than the exchange phases above, which count only waiting.
   double exchange_seconds = 0;

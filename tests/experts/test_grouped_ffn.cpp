@@ -1,5 +1,6 @@
 // ffn_forward / ffn_backward against the float64 reference, for every activation and for the
-// awkward groupings (one expert, empty experts, uneven rows, d and h not multiples of 8).
+// awkward groupings (one expert, empty experts, uneven rows, d and h not multiples of 8), in both
+// precisions (fp32: SPEC's 1e-5; bf16: 1e-2), both GEMM row policies, biases fused or not.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -9,8 +10,10 @@
 #include <string>
 #include <vector>
 
+#include "experts/ffn_work.hpp"
 #include "experts/grouped_ffn.hpp"
 #include "tests/experts/ffn_reference.hpp"
+#include "tests/experts/row_policy_scope.hpp"
 
 namespace {
 
@@ -19,7 +22,8 @@ using moe::experts::test::ref_backward;
 using moe::experts::test::ref_forward;
 using moe::experts::test::rel_error;
 
-constexpr double kTolerance = 1e-5;  // SPEC.md section 9, per tensor
+constexpr double kTolerance = 1e-5;      // SPEC.md section 9, per tensor
+constexpr double kBf16Tolerance = 1e-2;  // SPEC.md section 9, formats narrower than fp32
 
 struct Case {
   ExpertShard shard;
@@ -51,6 +55,36 @@ Case make_case(Activation a, std::int64_t d, std::int64_t h, const std::vector<s
   fill(c.x, rng, 1.0f);
   fill(c.dy, rng, 1.0f);
   return c;
+}
+
+// relu's derivative jumps at 0: where bf16 rounding moves a pre-activation across 0 the gradient
+// differs by the whole upstream value, not by a rounding error (measured: 2% relative error in
+// dx for the 37x70 case). As SPEC section 9 draws test inputs away from top-k and capacity
+// boundaries, rows of x are redrawn until every pre-activation is at least `margin` from 0.
+void keep_away_from_relu_kink(Case& c, double margin, unsigned seed) {
+  std::mt19937 rng(seed);
+  const std::int64_t d = c.shard.shape().d_model, h = c.shard.shape().d_hidden;
+  for (std::int64_t e = 0; e < c.shard.num_experts(); ++e) {
+    const auto w1 = c.shard.w1(e);
+    const auto b1 = c.shard.b1(e);
+    for (std::int64_t i = c.offsets[static_cast<std::size_t>(e)];
+         i < c.offsets[static_cast<std::size_t>(e) + 1]; ++i) {
+      const auto row =
+          std::span(c.x).subspan(static_cast<std::size_t>(i * d), static_cast<std::size_t>(d));
+      for (bool near_kink = true; near_kink;) {
+        near_kink = false;
+        for (std::int64_t j = 0; j < h && !near_kink; ++j) {
+          double pre = b1[static_cast<std::size_t>(j)];
+          for (std::int64_t p = 0; p < d; ++p) {
+            pre += static_cast<double>(row[static_cast<std::size_t>(p)]) *
+                   static_cast<double>(w1[static_cast<std::size_t>(j * d + p)]);
+          }
+          near_kink = std::abs(pre) < margin;
+        }
+        if (near_kink) fill(row, rng, 1.0f);
+      }
+    }
+  }
 }
 
 // A parameter kind of every local expert, concatenated (the shard's own layout).
@@ -94,38 +128,68 @@ TEST_CASE("experts/ffn forward and backward match the float64 reference", "[expe
   const Activation a = GENERATE(Activation::gelu, Activation::gelu_tanh, Activation::relu,
                                 Activation::silu, Activation::swiglu);
   const std::size_t gi = GENERATE(range(std::size_t{0}, std::size_t{4}));
+  const Compute compute = GENERATE(Compute::fp32, Compute::bf16);
+  const auto policy = GENERATE(detail::RowPolicy::sgemm, detail::RowPolicy::blocked);
+  const bool fuse_bias = GENERATE(true, false);
   const Grouping& g = groupings()[gi];
-  CAPTURE(to_string(a), g.what, g.d, g.h);
+  CAPTURE(to_string(a), g.what, g.d, g.h, to_string(compute),
+          policy == detail::RowPolicy::blocked, fuse_bias);
+  test::RowPolicyScope scope(policy);
+  const FfnWork work{.elementwise = true, .fuse_bias = fuse_bias};
+  const double tolerance = compute == Compute::bf16 ? kBf16Tolerance : kTolerance;
   Case c = make_case(a, g.d, g.h, g.rows, 1234u + static_cast<unsigned>(gi));
+  if (a == Activation::relu && compute == Compute::bf16) keep_away_from_relu_kink(c, 0.02, 77u);
 
   const auto n = c.x.size();
   // Outputs start as NaN: forward overwrites y, backward overwrites dx.
   std::vector<float> y(n, std::numeric_limits<float>::quiet_NaN());
   std::vector<float> dx(n, std::numeric_limits<float>::quiet_NaN());
   FfnActivations saved;
-  ffn_forward(c.shard, c.x, c.offsets, y, saved);
+  ffn_forward(c.shard, c.x, c.offsets, y, saved, compute, work);
   const auto ref_f = ref_forward(c.shard, c.x, c.offsets);
-  CHECK(rel_error(y, ref_f.y) <= kTolerance);
+  CHECK(rel_error(y, ref_f.y) <= tolerance);
+  // bf16 really rounds its operands (a wrong dispatch to fp32 would pass the bound above).
+  if (compute == Compute::bf16) CHECK(rel_error(y, ref_f.y) > kTolerance);
 
   ExpertShard grads(c.shard.num_experts(), c.shard.shape());
-  ffn_backward(c.shard, c.x, c.offsets, saved, c.dy, dx, grads);
+  ffn_backward(c.shard, c.x, c.offsets, saved, c.dy, dx, grads, work);
   const auto ref_b = ref_backward(c.shard, c.x, c.offsets, c.dy);
-  CHECK(rel_error(dx, ref_b.dx) <= kTolerance);
+  CHECK(rel_error(dx, ref_b.dx) <= tolerance);
   for (const auto name : expert_param_names(a)) {
     CAPTURE(std::string(name));
-    CHECK(rel_error(flat(grads, name), ref_param(ref_b, name)) <= kTolerance);
+    CHECK(rel_error(flat(grads, name), ref_param(ref_b, name)) <= tolerance);
   }
 
   // A second call adds the same gradients again, and overwrites dx again.
   std::fill(dx.begin(), dx.end(), std::numeric_limits<float>::quiet_NaN());
-  ffn_backward(c.shard, c.x, c.offsets, saved, c.dy, dx, grads);
-  CHECK(rel_error(dx, ref_b.dx) <= kTolerance);
+  ffn_backward(c.shard, c.x, c.offsets, saved, c.dy, dx, grads, work);
+  CHECK(rel_error(dx, ref_b.dx) <= tolerance);
   for (const auto name : expert_param_names(a)) {
     CAPTURE(std::string(name));
     std::vector<double> twice = ref_param(ref_b, name);
     for (double& v : twice) v *= 2.0;
-    CHECK(rel_error(flat(grads, name), twice) <= kTolerance);
+    CHECK(rel_error(flat(grads, name), twice) <= tolerance);
   }
+}
+
+TEST_CASE("experts/ffn in bf16 follows weight changes", "[experts][ffn][bf16]") {
+  const Activation a = GENERATE(Activation::gelu, Activation::swiglu);
+  CAPTURE(to_string(a));
+  Case c = make_case(a, 16, 24, {9, 4}, 99u);
+  std::vector<float> y(c.x.size());
+  FfnActivations saved;
+  ffn_forward(c.shard, c.x, c.offsets, y, saved, Compute::bf16);
+  // Changed through a mutable view: the next bf16 forward must see it.
+  for (float& w : c.shard.w2(1)) w *= -2.0f;
+  ffn_forward(c.shard, c.x, c.offsets, y, saved, Compute::bf16);
+  CHECK(rel_error(y, ref_forward(c.shard, c.x, c.offsets).y) <= kBf16Tolerance);
+  // Changed through a span kept from before: mark_changed() says so.
+  const auto w1 = c.shard.w1(0);
+  ffn_forward(c.shard, c.x, c.offsets, y, saved, Compute::bf16);
+  for (float& w : w1) w *= 0.5f;
+  c.shard.mark_changed();
+  ffn_forward(c.shard, c.x, c.offsets, y, saved, Compute::bf16);
+  CHECK(rel_error(y, ref_forward(c.shard, c.x, c.offsets).y) <= kBf16Tolerance);
 }
 
 TEST_CASE("experts/ffn gradients of two chunks add up to the whole batch's", "[experts][ffn]") {

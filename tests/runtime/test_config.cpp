@@ -1,6 +1,9 @@
 #include <catch2/catch.hpp>
 
+#include <cmath>
+
 #include "runtime/config.hpp"
+#include "runtime/stats.hpp"
 #include "runtime/error.hpp"
 
 using namespace moe;
@@ -174,4 +177,17 @@ TEST_CASE("metadata round trip and strict parsing", "[config]") {
   CHECK_THROWS_WITH(d.options_from_metadata({{"activation", "tanh"}}),
                     "activation 'tanh' is not one of: gelu, gelu_tanh, relu, silu, swiglu");
   CHECK(d.top_k == 2);  // a failed parse leaves the option as it was
+}
+
+TEST_CASE("the load spread of a forward: max/mean, least and standard deviation", "[stats]") {
+  ForwardStats stats;
+  stats.expert_counts = {10, 2, 4, 4};  // mean 5
+  stats.set_load_spread();
+  CHECK(stats.load_max_over_mean == 2.0);
+  CHECK(stats.load_min == 2);
+  CHECK(stats.load_std == Approx(std::sqrt((25.0 + 9 + 1 + 1) / 4)));
+  stats.expert_counts = {0, 0};  // an empty group
+  stats.set_load_spread();
+  CHECK(stats.load_max_over_mean == 0.0);
+  CHECK(stats.load_std == 0.0);
 }

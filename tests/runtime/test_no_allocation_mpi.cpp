@@ -1,89 +1,29 @@
 // After the first call with a given shape, forward and backward allocate no heap memory: every
-// workspace has grown to its size and is reused. Proven by counting every C++ allocation of the
-// process (this binary replaces the global operator new) while steady-state calls run, on every
-// thread, the communication thread included.
+// workspace has grown to its size and is reused. Proven by counting every allocation of the
+// process (tests/experts/allocation_counter.hpp: operator new and the C allocation functions) while
+// steady-state calls run, on every thread, the communication thread included.
 //
-// What this does not count: allocations made by oneDNN and MPI themselves (operator new called
-// from inside libdnnl or libmpi, and their C-level mallocs). dnnl_sgemm allocates its packing
-// buffers on every call (measured: one posix_memalign per GEMM) and gives no way to hand them in;
-// MPI draws from its own free lists. Both are outside moe-ep's code; everything else counts,
-// including libstdc++ called from moe-ep.
+// moe-ep's own code must allocate nothing. oneDNN must allocate no buffer (its scratchpads are
+// the layer's) where its kernels allow it (experts::gemm_allocation_free: brgemm on AVX-512); on
+// CPUs where it runs its sgemm-based matmul, which allocates packing buffers on every call, that
+// check is reported as skipped. oneDNN 2.6 also allocates a few small blocks inside every
+// primitive execution, which no caller can avoid: counted and reported, not failed. MPI draws
+// from its own free lists and is not counted.
 #include <catch2/catch.hpp>
 
-#include <dlfcn.h>
-
-#include <atomic>
-#include <cstdlib>
-#include <functional>
-#include <new>
-#include <string_view>
+#include <cstdint>
+#include <string>
+#include <vector>
 
 #include "comm/mpi_communicator.hpp"
+#include "experts/gemm.hpp"
 #include "runtime/initialization.hpp"
 #include "runtime/moe_layer.hpp"
-
-namespace {
-std::atomic<bool> counting{false};
-std::atomic<long> allocations{0};
-
-// True when the code asking for memory lives in oneDNN's or MPI's libraries.
-bool from_backend_library(void* caller) {
-  Dl_info info;
-  if (dladdr(caller, &info) == 0 || info.dli_fname == nullptr) return false;
-  const std::string_view file(info.dli_fname);
-  for (std::string_view lib : {"libdnnl", "libmpi", "libopen-pal", "libopen-rte"}) {
-    if (file.find(lib) != std::string_view::npos) return true;
-  }
-  return false;
-}
-
-__attribute__((noinline)) void* counted_alloc(std::size_t n, void* caller, std::size_t alignment = 0) {
-  if (counting.load(std::memory_order_relaxed) && !from_backend_library(caller)) {
-    allocations.fetch_add(1, std::memory_order_relaxed);
-  }
-  if (n == 0) n = 1;
-  void* p = alignment > alignof(std::max_align_t) ? std::aligned_alloc(alignment, (n + alignment - 1) / alignment * alignment)
-                                                  : std::malloc(n);
-  if (p == nullptr) throw std::bad_alloc();
-  return p;
-}
-}  // namespace
-
-#define MOE_CALLER __builtin_return_address(0)
-void* operator new(std::size_t n) { return counted_alloc(n, MOE_CALLER); }
-void* operator new[](std::size_t n) { return counted_alloc(n, MOE_CALLER); }
-void* operator new(std::size_t n, std::align_val_t a) {
-  return counted_alloc(n, MOE_CALLER, static_cast<std::size_t>(a));
-}
-void* operator new[](std::size_t n, std::align_val_t a) {
-  return counted_alloc(n, MOE_CALLER, static_cast<std::size_t>(a));
-}
-void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
-  try { return counted_alloc(n, MOE_CALLER); } catch (...) { return nullptr; }
-}
-void* operator new[](std::size_t n, const std::nothrow_t&) noexcept {
-  try { return counted_alloc(n, MOE_CALLER); } catch (...) { return nullptr; }
-}
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
-void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+#include "tests/experts/allocation_counter.hpp"
 
 namespace {
 
 using namespace moe;
-
-long allocations_during(const std::function<void()>& body) {
-  allocations = 0;
-  counting = true;
-  body();
-  counting = false;
-  return allocations.load();
-}
 
 }  // namespace
 
@@ -126,13 +66,21 @@ TEST_CASE("steady-state forward and backward allocate nothing", "[layer][allocat
       };
       step();  // warm-up: workspaces grow to this shape
       step();
-      const long counted = allocations_during([&] {
+      const test::AllocationCounts counts = test::allocations_during([&] {
         for (int i = 0; i < 3; ++i) step();
       });
-      // Gather every rank's count so all ranks check the same thing.
-      std::int64_t all = counted;
-      world->allreduce(std::span<std::int64_t>(&all, 1), comm::ReduceOp::sum);
-      CHECK(all == 0);
+      // Gather every rank's counts so all ranks check the same thing.
+      std::int64_t all[3] = {counts.moe, counts.onednn, counts.onednn_buffers};
+      world->allreduce(std::span<std::int64_t>(all), comm::ReduceOp::sum);
+      INFO("oneDNN, all ranks, 3 steps: " << all[1] << " allocations, " << all[2]
+                                          << " of them buffers");
+      CHECK(all[0] == 0);
+      if (experts::gemm_allocation_free(false)) {
+        CHECK(all[2] == 0);
+      } else {
+        WARN("oneDNN buffer check skipped: on this CPU oneDNN runs the GEMMs as gemm:jit, which "
+             "allocates its packing buffers on every call (" << all[2] << " in 3 steps)");
+      }
     }
   }
 }
@@ -140,7 +88,7 @@ TEST_CASE("steady-state forward and backward allocate nothing", "[layer][allocat
 TEST_CASE("the allocation counter sees allocations", "[allocation]") {
   // Guards the test above against a counter that never counts.
   static std::vector<int>* volatile escape = nullptr;
-  const long counted = allocations_during([] { escape = new std::vector<int>(1000); });
+  const auto counted = test::allocations_during([] { escape = new std::vector<int>(1000); });
   delete escape;
-  CHECK(counted >= 2);
+  CHECK(counted.moe >= 2);
 }
