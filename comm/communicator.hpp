@@ -90,9 +90,11 @@ class Communicator {
   //    staging memory of the communicator, handed over to MPI for good on expiry; NCCL:
   //    ncclCommAbort, then the stream is drained);
   //  - this communicator is poisoned: every later operation (split too) throws CommError at once.
-  //    Its peers may never complete their side, so communicators split from the same parent are
-  //    not safe either. The job cannot be finalised normally (MPI_Finalize waits for every rank):
-  //    save what is local, then end it with MPI_Abort (MpiEnvironment::abort).
+  //    Other communicators are not marked, but they join the same ranks: expect them to time out
+  //    too. An MPI job cannot be finalised normally (MPI_Finalize waits for every rank, and MPI
+  //    forbids it with requests pending): save what is local, then end the job with MPI_Abort
+  //    (MpiEnvironment::abort).
+  // throw_error costs MpiCommunicator one extra copy of every byte a watched operation moves.
   virtual void set_watchdog_action(WatchdogAction /*action*/) {}
   virtual void set_context(const OperationContext& /*context*/) {}
 };

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -166,8 +167,20 @@ std::byte* MpiCommunicator::Staging::reserve(std::size_t bytes) {
 }
 
 void MpiCommunicator::Staging::abandon() noexcept {
-  // Deliberately leaked: MPI may still write a late message here, or read a pending send.
-  static_cast<void>(data_.release());
+  // Never freed: MPI may still write a late message here, or read a pending send. Kept reachable
+  // (so leak checkers do not report it) in a list that is itself never destroyed, since MPI may
+  // still be running while static objects are torn down at exit.
+  static std::mutex mutex;
+  static auto* kept = new std::vector<std::unique_ptr<std::byte[]>>();
+  if (data_ != nullptr) {
+    std::lock_guard lock(mutex);
+    try {
+      kept->push_back(std::move(data_));
+    } catch (...) {
+      static_cast<void>(data_.release());  // no memory for the list: leak it outright
+    }
+  }
+  data_ = nullptr;
   capacity_ = 0;
 }
 
