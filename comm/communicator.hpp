@@ -19,6 +19,16 @@ namespace moe::comm {
 
 enum class ReduceOp { sum, max, min };
 
+// What the watchdog (Communicator::set_timeout) does when an operation does not complete in time.
+enum class WatchdogAction {
+  // Print the diagnostic and end the whole job (MPI_Abort, exit code 124). The default: no rank
+  // can be left waiting, and nothing else has to be done right.
+  abort_job,
+  // Abandon the operation and throw WatchdogTimeout (comm/watchdog.hpp) to the calling thread,
+  // for a trainer that wants to save state or report before it ends the job itself.
+  throw_error,
+};
+
 // What a rank is doing, for the watchdog's diagnostic. Set by the layer before its collectives;
 // the strings must outlive the operation (literals, or a label the layer owns).
 struct OperationContext {
@@ -67,11 +77,25 @@ class Communicator {
   enum class WaitMode { spin, sleep };
   virtual void set_wait_mode(WaitMode) {}
 
-  // The watchdog: an operation not complete `seconds` after it started prints a diagnostic (rank,
-  // host, the operation context, the peers not heard from) and aborts the whole job, so a stopped,
-  // hung or diverged rank can never leave the others waiting forever. 0 turns it off. Must be the
-  // same on every rank (it selects the exchange algorithm); split() keeps it.
+  // The watchdog: an operation not complete `seconds` after it started is given up, with a
+  // diagnostic (rank, host, the operation context, the peers not heard from), so a stopped, hung
+  // or diverged rank can never leave the others waiting forever. 0 turns it off. Must be the same
+  // on every rank (it selects the exchange algorithm); split() keeps it.
   virtual void set_timeout(double /*seconds*/) {}
+  // What happens when the watchdog fires (default abort_job); split() keeps it. May differ
+  // between ranks. With throw_error the contract is:
+  //  - the calling thread gets WatchdogTimeout (a CommError) carrying the diagnostic;
+  //  - no buffer the caller passed to the operation is read or written by the backend after the
+  //    exception is thrown, whatever the peers do later (MPI: the watched operations work on
+  //    staging memory of the communicator, handed over to MPI for good on expiry; NCCL:
+  //    ncclCommAbort, then the stream is drained);
+  //  - this communicator is poisoned: every later operation (split too) throws CommError at once.
+  //    Other communicators are not marked, but they join the same ranks: expect them to time out
+  //    too. An MPI job cannot be finalised normally (MPI_Finalize waits for every rank, and MPI
+  //    forbids it with requests pending): save what is local, then end the job with MPI_Abort
+  //    (MpiEnvironment::abort).
+  // throw_error costs MpiCommunicator one extra copy of every byte a watched operation moves.
+  virtual void set_watchdog_action(WatchdogAction /*action*/) {}
   virtual void set_context(const OperationContext& /*context*/) {}
 };
 

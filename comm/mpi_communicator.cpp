@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -103,7 +105,9 @@ std::unique_ptr<MpiCommunicator> MpiCommunicator::world(std::size_t max_message_
 }
 
 MpiCommunicator::~MpiCommunicator() {
-  if (comm_ == MPI_COMM_NULL) return;
+  // A poisoned communicator keeps its MPI communicator: freeing is collective, and abandoned
+  // requests still refer to it.
+  if (comm_ == MPI_COMM_NULL || poisoned()) return;
   int finalized = 0;
   MPI_Finalized(&finalized);
   if (finalized == 0) MPI_Comm_free(&comm_);
@@ -114,11 +118,13 @@ std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key) const {
 }
 
 std::unique_ptr<MpiCommunicator> MpiCommunicator::split_mpi(int color, int key) const {
+  check_usable("split");
   MPI_Comm part = MPI_COMM_NULL;
   MOE_CHECK_MPI(MPI_Comm_split(comm_, color, key, &part));
   if (part == MPI_COMM_NULL) return nullptr;
   std::unique_ptr<MpiCommunicator> child(new MpiCommunicator(Adopt{}, part, max_message_bytes_));
   child->timeout_seconds_ = timeout_seconds_;
+  child->action_ = action_;
   return child;
 }
 
@@ -152,31 +158,71 @@ void MpiCommunicator::set_timeout(double seconds) {
   timeout_seconds_ = seconds;
 }
 
-void MpiCommunicator::watchdog_expired(const char* operation, const std::string& peers) const {
-  std::fprintf(stderr,
-               "moe-ep watchdog: %s did not complete within %.1f s on rank %d of %d (world rank %d, "
-               "host %s), layer '%s' call %lld phase '%s'; %s. Aborting the job.\n",
-               operation, timeout_seconds_, rank_, size_, this_world_rank(), host_.c_str(),
-               context_.layer, static_cast<long long>(context_.call), context_.phase, peers.c_str());
-  std::fflush(stderr);
-  MPI_Abort(MPI_COMM_WORLD, watchdog_exit_code);
-  std::abort();  // MPI_Abort is not declared noreturn
+std::byte* MpiCommunicator::Staging::reserve(std::size_t bytes) {
+  if (bytes > capacity_) {
+    data_ = std::make_unique_for_overwrite<std::byte[]>(bytes);
+    capacity_ = bytes;
+  }
+  return data_.get();
 }
 
-std::string MpiCommunicator::ranks_by_host() const {
-  // Runs of consecutive ranks on one host: "node1 (ranks 0-1), node2 (ranks 2-3)".
-  std::string text;
-  for (int first = 0; first < size_;) {
-    const std::string& host = peer_hosts_[static_cast<std::size_t>(first)];
-    int last = first;
-    while (last + 1 < size_ && peer_hosts_[static_cast<std::size_t>(last + 1)] == host) ++last;
-    if (!text.empty()) text += ", ";
-    text += host;
-    text += first == last ? " (rank " + std::to_string(first) + ")"
-                          : " (ranks " + std::to_string(first) + "-" + std::to_string(last) + ")";
-    first = last + 1;
+void MpiCommunicator::Staging::abandon() noexcept {
+  // Never freed: MPI may still write a late message here, or read a pending send. Kept reachable
+  // (so leak checkers do not report it) in a list that is itself never destroyed, since MPI may
+  // still be running while static objects are torn down at exit.
+  static std::mutex mutex;
+  static auto* kept = new std::vector<std::unique_ptr<std::byte[]>>();
+  if (data_ != nullptr) {
+    std::lock_guard lock(mutex);
+    try {
+      kept->push_back(std::move(data_));
+    } catch (...) {
+      static_cast<void>(data_.release());  // no memory for the list: leak it outright
+    }
   }
-  return text;
+  data_ = nullptr;
+  capacity_ = 0;
+}
+
+void MpiCommunicator::check_usable(const char* operation) const {
+  if (poisoned_.empty()) return;
+  throw CommError(std::string("moe-ep: ") + operation +
+                      " refused: this communicator is unusable after a watchdog timeout (" +
+                      poisoned_ +
+                      "); end the job (MPI_Abort) instead of using it or MPI_Finalize",
+                  this_world_rank(), host_);
+}
+
+WatchdogReport MpiCommunicator::report(const char* operation) const {
+  WatchdogReport r;
+  r.operation = operation;
+  r.timeout_seconds = timeout_seconds_;
+  r.rank = rank_;
+  r.size = size_;
+  r.world_rank = this_world_rank();
+  r.host = host_;
+  r.layer = context_.layer;
+  r.call = context_.call;
+  r.phase = context_.phase;
+  return r;
+}
+
+void MpiCommunicator::watchdog_expired(WatchdogReport report, int num_requests, int num_receives) {
+  if (action_ == WatchdogAction::throw_error) {
+    // Receives not yet matched are withdrawn; a send cannot be (MPI_Cancel of sends is deprecated,
+    // and OpenMPI's ob1 ignores it). Freed requests complete, or not, inside MPI; either way they
+    // only touch the staging memory abandoned below, never the caller's buffers.
+    for (int i = 0; i < num_requests; ++i) {
+      MPI_Request& request = requests_[static_cast<std::size_t>(i)];
+      if (request == MPI_REQUEST_NULL) continue;
+      if (i < num_receives) MPI_Cancel(&request);
+      MPI_Request_free(&request);
+    }
+    send_stage_.abandon();
+    recv_stage_.abandon();
+    poisoned_ = watchdog_message(report, action_);
+  }
+  watchdog_fire(report, action_);
 }
 
 void MpiCommunicator::wait(MPI_Request& request, const char* operation) {
@@ -185,23 +231,29 @@ void MpiCommunicator::wait(MPI_Request& request, const char* operation) {
     return;
   }
   // MPI_Test also drives the exchange's progress.
-  const auto start = std::chrono::steady_clock::now();
-  const auto deadline = start + std::chrono::duration<double>(timeout_seconds_);
-  for (long polls = 0;; ++polls) {
-    int done = 0;
-    MOE_CHECK_MPI(MPI_Test(&request, &done, MPI_STATUS_IGNORE));
-    if (done != 0) return;
-    if (timeout_seconds_ > 0 && polls % 64 == 0 && std::chrono::steady_clock::now() > deadline) {
-      watchdog_expired(operation,
-                       "a collective does not say which peers have joined; its ranks are on " +
-                           ranks_by_host());
-    }
-    if (wait_mode_ == WaitMode::sleep) idle(start);
-  }
+  const WatchdogDeadline deadline(timeout_seconds_);
+  const bool done = poll_until(
+      deadline,
+      [&] {
+        int flag = 0;
+        MOE_CHECK_MPI(MPI_Test(&request, &flag, MPI_STATUS_IGNORE));
+        return flag != 0;
+      },
+      [&] {
+        if (wait_mode_ == WaitMode::sleep) idle(deadline.start());
+      });
+  if (done) return;
+  // A non-blocking collective can be neither cancelled nor freed: the request stays with MPI,
+  // working on staging memory under throw_error.
+  request = MPI_REQUEST_NULL;
+  WatchdogReport r = report(operation);
+  r.peers = "a collective does not say which peers have joined; its ranks are on " + comm::ranks_by_host(peer_hosts_);
+  watchdog_expired(std::move(r), 0, 0);
 }
 
 void MpiCommunicator::alltoallv(const std::byte* send, std::span<const std::size_t> send_bytes,
                                 std::byte* recv, std::span<const std::size_t> recv_bytes) {
+  check_usable("alltoallv");
   const auto n = static_cast<std::size_t>(size_);
   if (send_bytes.size() != n || recv_bytes.size() != n) {
     throw std::invalid_argument("MpiCommunicator::alltoallv: " + std::to_string(send_bytes.size()) +
@@ -254,6 +306,7 @@ void MpiCommunicator::alltoallv(const std::byte* send, std::span<const std::size
 }
 
 void MpiCommunicator::alltoall(const std::byte* send, std::byte* recv, std::size_t block_bytes) {
+  check_usable("alltoall");
   // block_bytes is the same everywhere, so every rank takes the same path without agreeing.
   if (block_bytes <= max_message_bytes_ && timeout_seconds_ <= 0) {
     MOE_CHECK_MPI(MPI_Alltoall(send, static_cast<int>(block_bytes), MPI_BYTE, recv,
@@ -269,6 +322,7 @@ void MpiCommunicator::alltoall(const std::byte* send, std::byte* recv, std::size
 }
 
 void MpiCommunicator::allgather(const std::byte* send, std::byte* recv, std::size_t block_bytes) {
+  check_usable("allgather");
   if (block_bytes <= max_message_bytes_ && timeout_seconds_ <= 0) {
     MOE_CHECK_MPI(MPI_Allgather(send, static_cast<int>(block_bytes), MPI_BYTE, recv,
                                 static_cast<int>(block_bytes), MPI_BYTE, comm_));
@@ -289,6 +343,8 @@ void MpiCommunicator::pairwise_exchange(const std::byte* send,
                                         std::byte* recv, std::span<const std::size_t> recv_bytes,
                                         std::span<const std::size_t> recv_offsets) {
   const auto self = static_cast<std::size_t>(rank_);
+  // One deadline for the whole exchange, not one per window: the watchdog bounds the operation.
+  const WatchdogDeadline deadline(timeout_seconds_);
   bool self_copied = false;
   auto copy_self_block = [&] {
     copy_bytes(recv + recv_offsets[self], send + send_offsets[self], send_bytes[self]);
@@ -310,56 +366,80 @@ void MpiCommunicator::pairwise_exchange(const std::byte* send,
     // Both partners cut a block into the same chunks and walk the same windows: window w of the
     // sender holds exactly the chunks window w of the receiver posts, so waiting never deadlocks.
     while (sent < send_total || received < recv_total) {
-      int num_requests = 0;
-      for (int k = 0; k < window_messages && received < recv_total; ++k) {
-        const std::size_t bytes = std::min(max_message_bytes_, recv_total - received);
-        MOE_CHECK_MPI(MPI_Irecv(recv_block + received, static_cast<int>(bytes), MPI_BYTE, src,
-                                exchange_tag, comm_, &requests_[static_cast<std::size_t>(num_requests)]));
-        ++num_requests;
-        received += bytes;
+      // This window's bytes each way: at most window_messages messages per direction.
+      const std::size_t recv_window =
+          std::min(recv_total - received, window_messages * max_message_bytes_);
+      const std::size_t send_window =
+          std::min(send_total - sent, window_messages * max_message_bytes_);
+      // Staged (see set_watchdog_action): MPI sees only this communicator's memory.
+      std::byte* recv_at = staged() ? recv_stage_.reserve(recv_window) : recv_block + received;
+      const std::byte* send_at = send_block + sent;
+      if (staged()) {
+        std::byte* stage = send_stage_.reserve(send_window);
+        copy_bytes(stage, send_at, send_window);
+        send_at = stage;
       }
-      for (int k = 0; k < window_messages && sent < send_total; ++k) {
-        const std::size_t bytes = std::min(max_message_bytes_, send_total - sent);
-        MOE_CHECK_MPI(MPI_Isend(send_block + sent, static_cast<int>(bytes), MPI_BYTE, dst,
+      int num_requests = 0;
+      for (std::size_t at = 0; at < recv_window; at += max_message_bytes_) {
+        const std::size_t bytes = std::min(max_message_bytes_, recv_window - at);
+        MOE_CHECK_MPI(MPI_Irecv(recv_at + at, static_cast<int>(bytes), MPI_BYTE, src,
                                 exchange_tag, comm_, &requests_[static_cast<std::size_t>(num_requests)]));
         ++num_requests;
-        sent += bytes;
+      }
+      const int num_receives = num_requests;
+      for (std::size_t at = 0; at < send_window; at += max_message_bytes_) {
+        const std::size_t bytes = std::min(max_message_bytes_, send_window - at);
+        MOE_CHECK_MPI(MPI_Isend(send_at + at, static_cast<int>(bytes), MPI_BYTE, dst,
+                                exchange_tag, comm_, &requests_[static_cast<std::size_t>(num_requests)]));
+        ++num_requests;
       }
       // The local block is copied while the first messages are in flight.
       if (!self_copied) copy_self_block();
-      wait_window(num_requests, src, step);
+      wait_window(num_requests, num_receives, src, step, deadline);
+      if (staged()) copy_bytes(recv_block + received, recv_at, recv_window);
+      received += recv_window;
+      sent += send_window;
     }
   }
   if (!self_copied) copy_self_block();
 }
 
-void MpiCommunicator::wait_window(int num_requests, int src, int step) {
+void MpiCommunicator::wait_window(int num_requests, int num_receives, int src, int step,
+                                  const WatchdogDeadline& deadline) {
   if (timeout_seconds_ > 0 || wait_mode_ == WaitMode::sleep) {
-    const auto start = std::chrono::steady_clock::now();
-    const auto deadline = start + std::chrono::duration<double>(timeout_seconds_);
-    for (long polls = 0;; ++polls) {
-      int done = 0;
-      const int code = MPI_Testall(num_requests, requests_.data(), &done, statuses_.data());
-      if (code != MPI_SUCCESS) detail::throw_mpi_error(code, "MPI_Testall(pairwise exchange window)", __FILE__, __LINE__);
-      if (done != 0) return;
-      if (timeout_seconds_ > 0 && polls % 64 == 0 && std::chrono::steady_clock::now() > deadline) {
-        // This step waits on `src`; the steps after it (their sources) have not started.
-        // Each rank with its host: a silent peer is often a host that died or was cut off.
-        auto rank_on_host = [this](int r) {
-          return std::to_string(r) + " (host " + peer_hosts_[static_cast<std::size_t>(r)] + ")";
-        };
-        std::string peers = "no data yet from rank " + rank_on_host(src);
-        if (step + 1 < size_) {
-          peers += "; ranks not reached yet:";
-          for (int later = step + 1; later < size_; ++later) {
-            peers += ' ';
-            peers += rank_on_host((rank_ - later + size_) % size_);
+    const auto window_start = std::chrono::steady_clock::now();
+    const bool done = poll_until(
+        deadline,
+        [&] {
+          int flag = 0;
+          const int code = MPI_Testall(num_requests, requests_.data(), &flag, statuses_.data());
+          if (code != MPI_SUCCESS) {
+            detail::throw_mpi_error(code, "MPI_Testall(pairwise exchange window)", __FILE__, __LINE__);
           }
-        }
-        watchdog_expired("the pairwise exchange", peers);
+          return flag != 0;
+        },
+        [&] {
+          if (wait_mode_ == WaitMode::sleep) idle(window_start);
+        });
+    if (done) return;
+    // This step waits on `src`; the steps after it (their sources) have not started.
+    // Each rank with its host: a silent peer is often a host that died or was cut off.
+    auto rank_on_host = [this](int r) {
+      return std::to_string(r) + " (host " + peer_hosts_[static_cast<std::size_t>(r)] + ")";
+    };
+    WatchdogReport r = report("the pairwise exchange");
+    r.silent_ranks.push_back(src);
+    r.peers = "no data yet from rank " + rank_on_host(src);
+    if (step + 1 < size_) {
+      r.peers += "; ranks not reached yet:";
+      for (int later = step + 1; later < size_; ++later) {
+        const int peer = (rank_ - later + size_) % size_;
+        r.silent_ranks.push_back(peer);
+        r.peers += ' ';
+        r.peers += rank_on_host(peer);
       }
-      if (wait_mode_ == WaitMode::sleep) idle(start);
     }
+    watchdog_expired(std::move(r), num_requests, num_receives);
   }
   const int code = MPI_Waitall(num_requests, requests_.data(), statuses_.data());
   if (code == MPI_ERR_IN_STATUS) {
@@ -378,11 +458,13 @@ void MpiCommunicator::wait_window(int num_requests, int src, int step) {
 }
 
 void MpiCommunicator::allreduce(std::span<float> data, ReduceOp op) {
+  check_usable("allreduce");
   if (timeout_seconds_ > 0) return watched_allreduce(data.data(), data.size(), MPI_FLOAT, op);
   allreduce_in_place(comm_, data, MPI_FLOAT, op);
 }
 
 void MpiCommunicator::allreduce(std::span<double> data, ReduceOp op) {
+  check_usable("allreduce");
   if (timeout_seconds_ > 0) return watched_allreduce(data.data(), data.size(), MPI_DOUBLE, op);
   allreduce_in_place(comm_, data, MPI_DOUBLE, op);
 }
@@ -393,17 +475,29 @@ void MpiCommunicator::watched_allreduce(void* data, std::size_t count, MPI_Datat
     throw std::invalid_argument("MpiCommunicator::allreduce: " + std::to_string(count) +
                                 " elements is more than one watched reduction carries (INT_MAX)");
   }
+  void* at = data;
+  std::size_t bytes = 0;
+  if (staged()) {
+    int type_bytes = 0;
+    MOE_CHECK_MPI(MPI_Type_size(type, &type_bytes));
+    bytes = count * static_cast<std::size_t>(type_bytes);
+    at = recv_stage_.reserve(bytes);
+    copy_bytes(static_cast<std::byte*>(at), static_cast<const std::byte*>(data), bytes);
+  }
   MPI_Request request = MPI_REQUEST_NULL;
-  MOE_CHECK_MPI(MPI_Iallreduce(MPI_IN_PLACE, data, static_cast<int>(count), type, to_mpi(op), comm_, &request));
+  MOE_CHECK_MPI(MPI_Iallreduce(MPI_IN_PLACE, at, static_cast<int>(count), type, to_mpi(op), comm_, &request));
   wait(request, "MPI_Iallreduce");
+  if (staged()) copy_bytes(static_cast<std::byte*>(data), static_cast<const std::byte*>(at), bytes);
 }
 
 void MpiCommunicator::allreduce(std::span<std::int64_t> data, ReduceOp op) {
+  check_usable("allreduce");
   if (timeout_seconds_ > 0) return watched_allreduce(data.data(), data.size(), MPI_INT64_T, op);
   allreduce_in_place(comm_, data, MPI_INT64_T, op);
 }
 
 void MpiCommunicator::barrier() {
+  check_usable("barrier");
   if (timeout_seconds_ <= 0) {
     MOE_CHECK_MPI(MPI_Barrier(comm_));
     return;

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "comm/communicator.hpp"
+#include "comm/watchdog.hpp"
 
 namespace moe::comm {
 
@@ -61,7 +62,8 @@ class MpiCommunicator final : public Communicator {
   const std::string& host() const override { return host_; }
 
   // Collective (MPI_Comm_split). `color` must be >= 0, or MPI_UNDEFINED for a rank that joins no
-  // group: that rank gets nullptr. The new communicator keeps max_message_bytes().
+  // group: that rank gets nullptr. The new communicator keeps max_message_bytes(), the timeout
+  // and the watchdog action.
   std::unique_ptr<Communicator> split(int color, int key) const override;
 
   // split() with the concrete type, for callers that need native() of the result.
@@ -97,10 +99,23 @@ class MpiCommunicator final : public Communicator {
   // point-to-point path, so that on expiry the diagnostic can name the ranks whose data has not
   // arrived; reductions and barriers become non-blocking calls polled against the deadline.
   void set_timeout(double seconds) override;
+  // With a timeout and throw_error, the pairwise exchange sends from and receives into staging
+  // buffers of this communicator (one window of messages at a time, copied in and out) and a
+  // reduction works on a staged copy of its data: on expiry MPI keeps those (they are never freed)
+  // and never touches the caller's memory again. That costs one extra copy of every byte moved
+  // (and staging memory of up to one peer's block each way); abort_job works in place. On expiry
+  // the exchange's pending receives are cancelled (MPI_Cancel) and its requests freed; a pending
+  // collective (MPI_Iallreduce, MPI_Ibarrier) can be neither, and is left to MPI. A poisoned
+  // communicator's destructor does not call MPI_Comm_free (collective, and requests still
+  // refer to it).
+  void set_watchdog_action(WatchdogAction action) override { action_ = action; }
+  WatchdogAction watchdog_action() const noexcept { return action_; }
   // Exit code of a job the watchdog aborts.
-  static constexpr int watchdog_exit_code = 124;
+  static constexpr int watchdog_exit_code = comm::watchdog_exit_code;
   void set_context(const OperationContext& context) override { context_ = context; }
   double timeout() const noexcept { return timeout_seconds_; }
+  // True after a WatchdogTimeout: every operation throws CommError.
+  bool poisoned() const noexcept { return !poisoned_.empty(); }
 
  private:
   struct Adopt {};
@@ -108,19 +123,44 @@ class MpiCommunicator final : public Communicator {
   MpiCommunicator(Adopt, MPI_Comm comm, std::size_t max_message_bytes);
   void attach(MPI_Comm comm);
 
+  // Memory MPI works on instead of the caller's (see set_watchdog_action). Grows, never shrinks;
+  // abandon() hands it to MPI for good (leaked on purpose: a late message may still land there).
+  class Staging {
+   public:
+    std::byte* reserve(std::size_t bytes);
+    void abandon() noexcept;
+
+   private:
+    std::unique_ptr<std::byte[]> data_;
+    std::size_t capacity_ = 0;
+  };
+
+  // Throws CommError when the communicator is poisoned; `operation` names the refused call.
+  void check_usable(const char* operation) const;
+  // True when the watched operations must keep MPI away from the caller's buffers.
+  bool staged() const noexcept {
+    return timeout_seconds_ > 0 && action_ == WatchdogAction::throw_error;
+  }
   // True on every rank when any rank passes true.
   bool any_rank(bool local);
   // Completes `request` as the wait mode says, within the watchdog's deadline.
   void wait(MPI_Request& request, const char* operation);
-  // Prints the watchdog's diagnostic and aborts the job.
-  [[noreturn]] void watchdog_expired(const char* operation, const std::string& peers) const;
-  // The hosts of this communicator's ranks, as runs of consecutive ranks (for the watchdog).
-  std::string ranks_by_host() const;
+  // The watchdog's report of `operation` with this rank's context (peers left to the caller).
+  WatchdogReport report(const char* operation) const;
+  // The watchdog fired: under abort_job prints and aborts the job; under throw_error gives up the
+  // first `num_requests` of requests_ (the first `num_receives` of them receives), hands the
+  // staging memory to MPI, poisons the communicator and throws WatchdogTimeout.
+  [[noreturn]] void watchdog_expired(WatchdogReport report, int num_requests, int num_receives);
   void watched_allreduce(void* data, std::size_t count, MPI_Datatype type, ReduceOp op);
   static void idle(std::chrono::steady_clock::time_point waiting_since);
   WaitMode wait_mode_ = WaitMode::spin;
   double timeout_seconds_ = 0;
+  WatchdogAction action_ = WatchdogAction::abort_job;
   OperationContext context_;
+  // Why the communicator may not be used (the watchdog's message); empty while it may.
+  std::string poisoned_;
+  Staging send_stage_;
+  Staging recv_stage_;
 
   // Pairwise point-to-point exchange: block p of `send` (send_bytes[p] bytes at send_offsets[p])
   // goes to rank p, block q of `recv` (at recv_offsets[q]) comes from rank q, in messages of at
@@ -129,10 +169,11 @@ class MpiCommunicator final : public Communicator {
                          std::span<const std::size_t> send_offsets, std::byte* recv,
                          std::span<const std::size_t> recv_bytes,
                          std::span<const std::size_t> recv_offsets);
-  // Posted requests of one window of pairwise_exchange, then waits for all of them.
-  // Completes the window's requests; `src` is the peer this step receives from and `step` the
-  // pairwise step (for the watchdog's account of which peers have not been heard from).
-  void wait_window(int num_requests, int src, int step);
+  // Completes the window's requests (the first `num_receives` of them receives) within the
+  // exchange's `deadline`; `src` is the peer this step receives from and `step` the pairwise step
+  // (for the watchdog's account of which peers have not been heard from).
+  void wait_window(int num_requests, int num_receives, int src, int step,
+                   const WatchdogDeadline& deadline);
 
   // At most this many messages per direction are in flight in pairwise_exchange: bounded, so the
   // request arrays are members and the hot path never allocates.

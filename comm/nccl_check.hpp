@@ -33,3 +33,13 @@ namespace moe::comm::detail {
       ::moe::comm::detail::throw_nccl_error(moe_check_nccl_code_, #call, __FILE__, __LINE__); \
     }                                                                                   \
   } while (false)
+
+// For a non-blocking communicator (NcclCommunicator's): like MOE_CHECK_NCCL, but ncclInProgress
+// (the call was accepted and goes on in the background) is not a failure either.
+#define MOE_CHECK_NCCL_ACCEPTED(call)                                                   \
+  do {                                                                                  \
+    const ncclResult_t moe_check_nccl_code_ = (call);                                   \
+    if (moe_check_nccl_code_ != ncclSuccess && moe_check_nccl_code_ != ncclInProgress) { \
+      ::moe::comm::detail::throw_nccl_error(moe_check_nccl_code_, #call, __FILE__, __LINE__); \
+    }                                                                                   \
+  } while (false)

@@ -4,6 +4,17 @@
 // Operations are enqueued on a CUDA stream the communicator owns and the calling thread waits for
 // that stream before returning: the blocking semantics of Communicator hold exactly, so callers
 // may read results (and reuse buffers) right after a call, as with MpiCommunicator.
+//
+// The watchdog, the NCCL way: the NCCL communicator is non-blocking (ncclConfig_t::blocking = 0),
+// so no NCCL call waits for a peer on the host; after enqueuing, the calling thread polls
+// ncclCommGetAsyncError and cudaStreamQuery (spinning 100 µs, then sleeping 20 µs between polls)
+// until the work is done, NCCL reports an error, or the timeout passes. On expiry it calls
+// ncclCommAbort (which stops the kernels), waits up to 10 s for the stream to drain, then does
+// what the watchdog action says, with the same diagnostic as MpiCommunicator (NCCL cannot tell
+// which peers are missing: it names the hosts of the ranks instead). An asynchronous NCCL error
+// also aborts the NCCL communicator and throws CommError. Either way the communicator is
+// poisoned afterwards. Should the stream not drain, device buffers might still be written, so the
+// job is aborted even under throw_error.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -12,9 +23,11 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "comm/communicator.hpp"
 #include "comm/mpi_communicator.hpp"
+#include "comm/watchdog.hpp"
 
 namespace moe::comm {
 
@@ -27,7 +40,8 @@ class NcclCommunicator final : public Communicator {
   // the id).
   explicit NcclCommunicator(MpiCommunicator& mpi);
 
-  // Destroys the NCCL communicator, the stream and the scratch buffer.
+  // Destroys the NCCL communicator (ncclCommFinalize then ncclCommDestroy; within the watchdog's
+  // timeout when one is set, else ncclCommAbort), the stream and the scratch buffer.
   ~NcclCommunicator() override;
 
   NcclCommunicator(const NcclCommunicator&) = delete;
@@ -45,6 +59,7 @@ class NcclCommunicator final : public Communicator {
   const std::string& host() const override { return host_; }
 
   // Collective (ncclCommSplit). A rank passing a negative color joins no group and gets nullptr.
+  // The new communicator keeps the timeout and the watchdog action.
   std::unique_ptr<Communicator> split(int color, int key) const override;
 
   // Collective: grouped ncclSend/ncclRecv, one pair per peer with a non-empty block. Same
@@ -67,6 +82,14 @@ class NcclCommunicator final : public Communicator {
   // Collective: NCCL has no barrier, so this all-reduces one device integer and waits for it.
   void barrier() override;
 
+  // The watchdog (see the top of this file); both are kept by split().
+  void set_timeout(double seconds) override;
+  void set_watchdog_action(WatchdogAction action) override { action_ = action; }
+  void set_context(const OperationContext& context) override { context_ = context; }
+  double timeout() const noexcept { return timeout_seconds_; }
+  // True after the watchdog fired or NCCL failed asynchronously: every operation throws CommError.
+  bool poisoned() const noexcept { return !poisoned_.empty(); }
+
  private:
   struct Adopt {};
   // Takes ownership of `comm` (from ncclCommSplit) on `device`.
@@ -74,8 +97,21 @@ class NcclCommunicator final : public Communicator {
   void attach(ncclComm_t comm);
 
   void reduce_in_place(void* data, std::size_t count, ncclDataType_t type, ReduceOp op);
-  void synchronize();
+  // Gathers every rank's host name over NCCL (for the watchdog's diagnostic).
+  void gather_hosts();
+  // Throws CommError when the communicator is poisoned; `operation` names the refused call.
+  void check_usable(const char* operation) const;
+  // Waits until the enqueued work of `operation` is done, within the watchdog's deadline.
+  void complete(const char* operation);
+  // Aborts the NCCL communicator and waits (bounded) for the stream to drain; false if it did not.
+  bool abort_nccl() noexcept;
+  [[noreturn]] void watchdog_expired(const char* operation);
 
+  double timeout_seconds_ = 0;
+  WatchdogAction action_ = WatchdogAction::abort_job;
+  OperationContext context_;
+  std::string poisoned_;
+  std::vector<std::string> peer_hosts_;
   ncclComm_t comm_ = nullptr;
   cudaStream_t stream_ = nullptr;
   int device_ = 0;

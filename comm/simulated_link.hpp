@@ -88,6 +88,7 @@ class SimulatedLinkCommunicator final : public Communicator {
   void barrier() override;
   void set_wait_mode(WaitMode mode) override { inner_.set_wait_mode(mode); }
   void set_timeout(double seconds) override { inner_.set_timeout(seconds); }
+  void set_watchdog_action(WatchdogAction action) override { inner_.set_watchdog_action(action); }
   void set_context(const OperationContext& context) override { inner_.set_context(context); }
 
  private:

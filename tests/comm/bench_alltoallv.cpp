@@ -94,6 +94,13 @@ int main(int argc, char** argv) {
   // The chunked point-to-point path at full message size, forced by making the limit one byte
   // smaller than a block.
   auto chunked_comm = MpiCommunicator::world(std::max<std::size_t>(block - 1, 1));
+  // The watchdog's paths (a timeout no call reaches): pairwise point to point, and under
+  // throw_error staged through the communicator's own memory.
+  auto watched = MpiCommunicator::world();
+  watched->set_timeout(300);
+  auto watched_throwing = MpiCommunicator::world();
+  watched_throwing->set_timeout(300);
+  watched_throwing->set_watchdog_action(moe::comm::WatchdogAction::throw_error);
   std::vector<std::function<void()>> calls = {
       [&] {
         MPI_Alltoallv(send.data(), int_counts.data(), int_displs.data(), MPI_BYTE, recv.data(),
@@ -104,6 +111,12 @@ int main(int argc, char** argv) {
       },
       [&] {
         chunked_comm->alltoallv(send.data(), counts, recv.data(), counts);
+      },
+      [&] {
+        watched->alltoallv(send.data(), counts, recv.data(), counts);
+      },
+      [&] {
+        watched_throwing->alltoallv(send.data(), counts, recv.data(), counts);
       },
   };
   const std::vector<Timing> timings = time_round_robin(plain, repetitions, calls, verify);
@@ -122,6 +135,8 @@ int main(int argc, char** argv) {
     row("MPI_Alltoallv", timings[0]);
     row("MpiCommunicator::alltoallv", timings[1]);
     row("pairwise fallback", timings[2]);
+    row("watchdog, abort_job", timings[3]);
+    row("watchdog, throw_error", timings[4]);
     std::printf("# wrong blocks: %d\n", wrong);
   }
   return wrong == 0 ? EXIT_SUCCESS : EXIT_FAILURE;

@@ -5,6 +5,7 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <climits>
 #include <cstdint>
 #include <numeric>
 #include <stdexcept>
@@ -132,6 +133,36 @@ TEST_CASE("alltoallv in sleep wait mode delivers the same blocks", "[comm][allto
     auto small = MpiCommunicator::world(64);
     small->set_wait_mode(Communicator::WaitMode::sleep);
     check_alltoallv(*small, [](int src, int dst) { return uneven_count(src, dst, 5, 301); });
+  }
+}
+
+TEST_CASE("with the watchdog armed, both actions deliver the same results", "[comm][watchdog]") {
+  // The watched paths: pairwise exchanges and non-blocking reductions; under throw_error they run
+  // on the communicator's staging memory, a window of messages at a time (7-byte messages: blocks
+  // of more than 16 * 7 bytes take several windows, whose staging is reused).
+  for (const auto action : {moe::comm::WatchdogAction::abort_job, moe::comm::WatchdogAction::throw_error}) {
+    INFO("action " << static_cast<int>(action));
+    for (const std::size_t max_message : {std::size_t{7}, std::size_t{INT_MAX}}) {
+      auto comm = MpiCommunicator::world(max_message);
+      comm->set_timeout(60);
+      comm->set_watchdog_action(action);
+      for (int salt = 0; salt < 3; ++salt) {
+        check_alltoallv(*comm, [salt](int src, int dst) { return uneven_count(src, dst, salt, 4099); });
+      }
+      std::vector<double> values(1000);
+      std::iota(values.begin(), values.end(), static_cast<double>(comm->rank()));
+      comm->allreduce(std::span<double>(values), ReduceOp::sum);
+      const double p = comm->size();
+      for (std::size_t i = 0; i < values.size(); ++i) {
+        CHECK(values[i] == p * static_cast<double>(i) + p * (p - 1) / 2);
+      }
+      comm->barrier();
+      // split() keeps the watchdog and its action.
+      auto half = comm->split_mpi(comm->rank() % 2, comm->rank());
+      CHECK(half->timeout() == 60);
+      CHECK(half->watchdog_action() == action);
+      check_alltoallv(*half, [](int src, int dst) { return uneven_count(src, dst, 1, 999); });
+    }
   }
 }
 

@@ -1,18 +1,22 @@
 // Multi-rank tests of NcclCommunicator (CUDA builds). Without a usable GPU for every rank they
-// print "moe-ep: skipped: ..." and pass; CTest reports them as skipped on that message.
+// print "moe-ep: skipped: ..." and pass; CTest reports them as skipped on that message. The
+// watchdog case also needs 2 ranks (it skips at 1).
 #include <catch2/catch.hpp>
 #include <cuda_runtime_api.h>
 #include <mpi.h>
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <numeric>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "comm/mpi_communicator.hpp"
 #include "comm/nccl_check.hpp"
 #include "comm/nccl_communicator.hpp"
+#include "comm/watchdog.hpp"
 #include "tests/comm/pattern.hpp"
 
 namespace {
@@ -179,4 +183,56 @@ TEST_CASE("NcclCommunicator exchanges and reduces device buffers", "[comm][nccl]
     for (int r = me % 2; r < comm.size(); r += 2) expected += r;
     CHECK(host_value == expected);
   }
+}
+
+TEST_CASE("NcclCommunicator's watchdog: a rank that never joins", "[comm][nccl][watchdog]") {
+  auto world = MpiCommunicator::world();
+  std::string skip = gpu_skip_reason(*world);
+  if (skip.empty() && world->size() < 2) skip = "the watchdog case needs 2 or more ranks";
+  if (!skip.empty()) {
+    WARN("moe-ep: skipped: " << skip);
+    return;
+  }
+  MPI_Comm node = MPI_COMM_NULL;
+  MPI_Comm_split_type(world->native(), MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+  int local_rank = 0;
+  MPI_Comm_rank(node, &local_rank);
+  MPI_Comm_free(&node);
+  MOE_CHECK_CUDA(cudaSetDevice(local_rank));
+
+  NcclCommunicator comm(*world);
+  constexpr double timeout = 1.5;
+  comm.set_timeout(timeout);
+  comm.set_watchdog_action(moe::comm::WatchdogAction::throw_error);
+  comm.set_context({"probe", 7, "allreduce"});
+  const bool late = comm.rank() == comm.size() - 1;
+  std::vector<double> values(4, 1.0);
+  DeviceBuffer data(values.size() * sizeof(double));
+  to_device(data, values.data(), data.size);
+  const std::span<double> device_values(static_cast<double*>(data.data), values.size());
+  if (late) {
+    // Joins only once every other rank has given up (and aborted its NCCL communicator): its own
+    // watchdog or NCCL's error ends its wait, never a hang.
+    std::this_thread::sleep_for(std::chrono::duration<double>(2 * timeout + 1));
+    CHECK_THROWS_AS(comm.allreduce(device_values, ReduceOp::sum), moe::comm::CommError);
+  } else {
+    const auto start = std::chrono::steady_clock::now();
+    try {
+      comm.allreduce(device_values, ReduceOp::sum);
+      FAIL("the allreduce completed without the late rank");
+    } catch (const moe::comm::WatchdogTimeout& error) {
+      const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      INFO(error.what());
+      CHECK(waited >= timeout);
+      CHECK(waited < timeout + 10.5);  // the bound plus the stream's drain after ncclCommAbort
+      CHECK(std::string(error.what()).find("layer 'probe' call 7 phase 'allreduce'") != std::string::npos);
+      CHECK(error.report().operation == "ncclAllReduce");
+    }
+    // The caller's device buffer was not reduced into after the exception.
+    to_host(values.data(), data, data.size);
+    for (const double v : values) CHECK(v == 1.0);
+  }
+  // Poisoned: refused at once, whatever ended the wait.
+  CHECK_THROWS_WITH(comm.barrier(), Catch::Contains("unusable"));
+  world->barrier();
 }
