@@ -164,25 +164,33 @@ std::vector<std::int32_t> forced_choices(const RoutingSpec& spec, std::int64_t n
   return choices;
 }
 
+void write_forced_gate(std::span<float> gate, std::int64_t num_experts, std::int64_t d_model) {
+  std::fill(gate.begin(), gate.end(), 0.0f);
+  for (std::int64_t e = 0; e < num_experts; ++e) gate[static_cast<std::size_t>(e * d_model + e)] = 1.0f;
+}
+
+void write_forced_inputs(std::span<const std::int32_t> choices, std::span<float> x,
+                         std::int64_t num_tokens, std::int64_t num_experts, std::int64_t d_model,
+                         std::int64_t top_k) {
+  for (std::int64_t t = 0; t < num_tokens; ++t) {
+    float* row = x.data() + t * d_model;
+    std::fill(row, row + num_experts, 0.0f);
+    // Logits 2+k-j for choice j, 0 for the rest: exact in fp32, so the top-k is exactly these,
+    // in this order.
+    for (std::int64_t j = 0; j < top_k; ++j) {
+      row[choices[static_cast<std::size_t>(t * top_k + j)]] = static_cast<float>(2 + top_k - j);
+    }
+  }
+}
+
 void apply_forced_routing(const RoutingSpec& spec, MoeLayer& layer, std::span<float> x,
                           std::int64_t num_tokens, std::uint64_t seed, int rank) {
   if (!spec.forced()) return;
   const MoeConfig& c = layer.config();
-  const std::int64_t num_experts = c.num_experts, d = c.d_model, k = c.top_k;
-  std::span<float> gate = layer.gate_weight();
-  std::fill(gate.begin(), gate.end(), 0.0f);
-  for (std::int64_t e = 0; e < num_experts; ++e) gate[static_cast<std::size_t>(e * d + e)] = 1.0f;
+  write_forced_gate(layer.gate_weight(), c.num_experts, c.d_model);
   if (num_tokens == 0) return;
-  const auto choices = forced_choices(spec, num_experts, num_tokens, k, seed, rank);
-  for (std::int64_t t = 0; t < num_tokens; ++t) {
-    float* row = x.data() + t * d;
-    std::fill(row, row + num_experts, 0.0f);
-    // Logits 2+k-j for choice j, 0 for the rest: exact in fp32, so the top-k is exactly these,
-    // in this order.
-    for (std::int64_t j = 0; j < k; ++j) {
-      row[choices[static_cast<std::size_t>(t * k + j)]] = static_cast<float>(2 + k - j);
-    }
-  }
+  const auto choices = forced_choices(spec, c.num_experts, num_tokens, c.top_k, seed, rank);
+  write_forced_inputs(choices, x, num_tokens, c.num_experts, c.d_model, c.top_k);
 }
 
 double max_over_mean(std::span<const std::int64_t> counts) {

@@ -51,6 +51,13 @@ std::vector<std::int32_t> forced_choices(const RoutingSpec& spec, std::int64_t n
                                          std::int64_t num_tokens, std::int64_t top_k,
                                          std::uint64_t seed, int rank);
 
+// The two halves of apply_forced_routing, on plain spans (for tests): the gate [E, d] = [I_E | 0],
+// and the first E coordinates of every token of x [T, d] from forced_choices.
+void write_forced_gate(std::span<float> gate, std::int64_t num_experts, std::int64_t d_model);
+void write_forced_inputs(std::span<const std::int32_t> choices, std::span<float> x,
+                         std::int64_t num_tokens, std::int64_t num_experts, std::int64_t d_model,
+                         std::int64_t top_k);
+
 // Makes the layer route x [T, d] as `spec` says: sets the gate to a scaled [I_E | 0] and writes
 // the first E coordinates of every token (0 for experts not chosen, descending values for its k
 // choices). No-op for `learned`.

@@ -147,7 +147,7 @@ def main(argv=None):
                 paths += plots.bandwidth(study, points, results, args.out)
             paths += plots.phases(study, points, results, args.out)
             plot_paths[study] = paths
-        plot_paths["_all"] = plots.efficiency(grid, results, args.out)
+        plot_paths["_all"] = plots.efficiency(grid, results, args.out, info["cores"])
     if not args.no_model and results:
         from moe_study import report as rep
         try:

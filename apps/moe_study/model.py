@@ -14,13 +14,16 @@
             other nodes (P-G, class "inter"), which move in parallel: the slower class counts.
   pipeline  with C chunks, a pass's exchange X (2 C alpha + bytes/beta) and compute K overlap as a
             two-stage pipeline: X/C + K/C + (C-1) * max(X/C, K/C).
-  other     router, permutations, activations, combine: g0 + g1 * rows_max * (2d + h) (scaled by
-            the oversubscription like the GEMMs), fitted on what is left of the measured step.
+  other     router, permutations, activations, combine, and the small collectives (counts,
+            statistics): g0 + gp [P > 1] + g1 * rows_max * (2d + h) (the last scaled by the
+            oversubscription like the GEMMs), fitted on what is left of the measured step.
 
 Calibration (least squares, numpy): R from moe-bench's GEMM floors, alpha and beta per link class
 from its exchange times (points with one chunk, more than one rank; with one message size only,
 or a slope lost in noise, beta is the simulated link's nominal one and alpha is fitted alone), g
-from the remainder (a negative coefficient is dropped and the other refitted). Each
+from the remainder (a negative coefficient is set to 0 and the others refitted). The bytes on the
+busiest link are moe-bench's link_bytes_max when measured (padding of the padded exchange
+included), else rows_max * (P-1)/P * d * wire bytes per exchange. Each
 fitted parameter is printed with its standard error (sqrt of the diagonal of
 sigma^2 (A^T A)^-1, sigma^2 = RSS / (n - p)).
 """
@@ -50,6 +53,9 @@ def features(rec, cores):
         "P": P, "T": T, "d": d, "h": h, "k": k, "n_mats": n_mats, "kept_share": kept_share,
         "imbalance": imbalance, "wire_bytes": wire_bytes, "chunks": int(med.get("chunks", 1) or 1),
         "oversub": max(1.0, P / cores), "link": link_class(f),
+        # The bytes the plan put on the busiest link in one pass (padding included): an outcome of
+        # the routing, known before any timing; the formula below is used when it is absent.
+        "link_bytes": med.get("link_bytes_max"),
     }
 
 
@@ -75,6 +81,8 @@ def pass_link_bytes(x):
     """Bytes over the busiest rank's link in one pass (two exchanges)."""
     if x["P"] <= 1:
         return 0.0
+    if x.get("link_bytes"):
+        return float(x["link_bytes"])
     return 2.0 * rows_max(x) * (x["P"] - 1) / x["P"] * x["d"] * x["wire_bytes"]
 
 
@@ -96,6 +104,19 @@ def _lstsq(A, y, names):
     return {nm: (float(c), float(s)) for nm, c, s in zip(names, coef, se)}, rel_rms, n
 
 
+def _nonnegative_lstsq(A, y, names):
+    """Least squares with every coefficient >= 0: drop the most negative one and refit."""
+    active = list(range(len(names)))
+    while True:
+        p, rms, n = _lstsq([[row[i] for i in active] for row in A], y, [names[i] for i in active])
+        negative = [names[i] for i in active if p[names[i]][0] < 0]
+        if not negative or len(active) == 1:
+            break
+        worst = min(negative, key=lambda nm: p[nm][0])
+        active.remove(names.index(worst))
+    return {nm: p.get(nm, (0.0, math.nan)) for nm in names}, rms, n
+
+
 class Model:
     """Fitted parameters (SI units: seconds, bytes/s, flop/s) and how to predict with them."""
 
@@ -103,7 +124,7 @@ class Model:
         self.cores = cores
         self.gemm_rate = None          # flop/s per rank
         self.links = {}                # class -> {"alpha": s, "beta": B/s}
-        self.other = (0.0, 0.0)        # g0 [s], g1 [s per element of rows_max (2d + h)]
+        self.other = (0.0, 0.0, 0.0)   # g0 [s], gp [s when P > 1], g1 [s per element]
         self.fit_report = []           # (name, value, stderr, unit) rows
         self.fit_quality = {}          # component -> (relative RMS residual, points)
 
@@ -158,23 +179,23 @@ class Model:
             self.fit_quality[f"exchange {cls}"] = (rms, n)
 
         # Other: the rest of the step, one chunk only (with chunks the parts overlap): a fixed
-        # cost g0 and g1 per element of the routed rows (permute, combine: d each; activation: h).
+        # cost g0, the small collectives of a multi-rank step (count exchange, statistics; each
+        # pays the link's latency) g_p, and g1 per element of the routed rows (permute, combine:
+        # d each; activation: h).
         A, y = [], []
         for x, r in xs:
             if x["chunks"] != 1:
                 continue
             m = r["median"]
             rest = m["step_ms"] - m["gemm_fwd_ms"] - m["gemm_bwd_ms"] - m["exchange_ms"] - m["bwd_exchange_ms"]
-            A.append([1.0, other_elements(x) * x["oversub"]])
+            A.append([1.0, 1.0 if x["P"] > 1 else 0.0, other_elements(x) * x["oversub"]])
             y.append(rest / 1e3)
         if len(A) >= 2:
-            p, rms, n = _lstsq(A, y, ["g0", "g1"])
-            if p["g0"][0] < 0 or p["g1"][0] < 0:  # keep costs non-negative: refit the other one alone
-                keep = 1 if p["g0"][0] < 0 else 0
-                q, rms, n = _lstsq([[a[keep]] for a in A], y, ["g"])
-                p = {"g0": (0.0, math.nan), "g1": q["g"]} if keep == 1 else {"g0": q["g"], "g1": (0.0, math.nan)}
-            self.other = (p["g0"][0], p["g1"][0])
+            p, rms, n = _nonnegative_lstsq(A, y, ["g0", "gp", "g1"])
+            self.other = (p["g0"][0], p["gp"][0], p["g1"][0])
             self.fit_report += [("other: fixed g0", p["g0"][0] * 1e3, p["g0"][1] * 1e3, "ms per step"),
+                                ("other: multi-rank gp", p["gp"][0] * 1e3, p["gp"][1] * 1e3,
+                                 "ms per step when P > 1"),
                                 ("other: per row element g1", p["g1"][0] * 1e9, p["g1"][1] * 1e9,
                                  "ns per element of rows_max * (2d + h)")]
             self.fit_quality["other"] = (rms, n)
@@ -189,8 +210,8 @@ class Model:
     def predict(self, x, link=None):
         """Breakdown in seconds for one step: gemm, exchange, other, step (after overlap)."""
         gemm = step_flops(x) * x["oversub"] / self.gemm_rate
-        g0, g1 = self.other
-        other = g0 + g1 * other_elements(x) * x["oversub"]
+        g0, gp, g1 = self.other
+        other = g0 + (gp if x["P"] > 1 else 0.0) + g1 * other_elements(x) * x["oversub"]
         C = x["chunks"]
         exch_total, step = 0.0, other
         for share in (1 / 3, 2 / 3):  # forward, backward GEMM shares

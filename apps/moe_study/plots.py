@@ -116,7 +116,7 @@ def phases(study, points, results, out_dir):
         return []
     vary = sorted(_varying_keys(points)) or ["ranks"]
     labels = ["\n".join(f"{k}={p.params.get(k, p.ranks if k == 'ranks' else '')}" for k in vary) for p, _ in prs]
-    fig, ax = plt.subplots(figsize=(max(6, 1.0 * len(prs) + 2.5), 4.8))
+    fig, ax = plt.subplots(figsize=(max(7.5, 1.75 * len(prs) + 3.5), 4.8))
     bottom = [0.0] * len(prs)
     for ph in PHASES + ["unaccounted"]:
         if ph == "unaccounted":
@@ -126,8 +126,8 @@ def phases(study, points, results, out_dir):
         ax.bar(range(len(prs)), vals, bottom=bottom, color=PHASE_COLORS[ph], label=ph.replace("_", " "))
         bottom = [b + v for b, v in zip(bottom, vals)]
     steps = [r["median"]["step_ms"] for _, r in prs]
-    ax.scatter(range(len(prs)), steps, marker="_", s=900, color="k", zorder=3, linewidths=2,
-               label="measured step (phases are\neach the slowest rank's,\nso they may add up to more)")
+    ax.hlines(steps, [i - 0.4 for i in range(len(prs))], [i + 0.4 for i in range(len(prs))], color="k",
+              lw=2, zorder=3, label="measured step (each phase is\nthe slowest rank's, so the\nphases may add up to more)")
     ax.set_xticks(range(len(prs)))
     ax.set_xticklabels(labels, fontsize=7)
     ax.set_ylabel("time per step, forward + backward (ms)")
@@ -170,7 +170,7 @@ def bandwidth(study, points, results, out_dir):
     return [_save(fig, out_dir, f"{study}_bandwidth")]
 
 
-def efficiency(grid, results, out_dir):
+def efficiency(grid, results, out_dir, cores):
     """Parallel efficiency of every weak and strong study together."""
     fig, ax = plt.subplots(figsize=(7, 4.3))
     drawn = False
@@ -181,7 +181,8 @@ def efficiency(grid, results, out_dir):
             ranks = [p.ranks for p, _ in prs]
             med = [r["median"]["step_ms"] for _, r in prs]
             eff = [(med[0] / t if kind == "weak" else med[0] * ranks[0] / (t * p)) for p, t in zip(ranks, med)]
-            ax.plot(ranks, [100 * e for e in eff], marker="o", label=f"{study} ({kind}) {label}".strip())
+            name = study if study == kind else f"{study} ({kind})"
+            ax.plot(ranks, [100 * e for e in eff], marker="o", label=f"{name} {label}".strip())
             drawn = True
     if not drawn:
         plt.close(fig)
@@ -191,10 +192,15 @@ def efficiency(grid, results, out_dir):
     ranks = sorted({p.ranks for _, (_, _, pts) in grid.points_by_study.items() for p in pts})
     ax.set_xticks(ranks)
     ax.set_xticklabels([str(r) for r in ranks])
+    over = [r for r in ranks if r > cores]
+    if over:
+        below = max([r for r in ranks if r <= cores] or [cores])
+        ax.axvspan((below * over[0]) ** 0.5, max(ranks) * 1.3, color="0.92", zorder=0,
+                   label=f"more ranks than the {cores} cores")
     ax.set_ylim(0, 110)
     ax.set_xlabel("ranks (expert-parallel size P)")
     ax.set_ylabel("parallel efficiency (%)")
-    ax.set_title("parallel efficiency: weak T1/TP, strong T1/(P TP)")
+    ax.set_title("parallel efficiency: weak T(1)/T(P), strong T(1)/(P·T(P))")
     ax.legend(fontsize=7)
     return [_save(fig, out_dir, "efficiency")]
 
