@@ -102,7 +102,9 @@ set(bench_args
   "top_k_zero|2|--top-k,0|top_k=0 is outside 1..num_experts (8)"
   "nan_capacity|2|--capacity-factor,nan|capacity_factor must be finite, got nan"
   "experts_not_divisible|4|--experts,6,--tokens,8|num_experts=6 is not divisible by the expert-parallel size 4"
-  "unknown_activation|2|--activation,tanh|--activation 'tanh' is not one of")
+  "unknown_activation|2|--activation,tanh|--activation 'tanh' is not one of"
+  "unknown_routing|2|--routing,uniform|--routing 'uniform': unknown distribution"
+  "routing_too_narrow|2|--routing,balanced,--experts,16,--d-model,8|forced routing needs d_model (8) >= experts (16)")
 foreach(entry IN LISTS bench_args)
   string(REPLACE "|" ";" parts "${entry}")
   list(GET parts 0 name)
