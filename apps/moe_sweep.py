@@ -122,13 +122,25 @@ def main(argv=None):
     with open(os.path.join(args.out, "grid.json"), "w") as f:
         json.dump(data, f, indent=1)
     info = runner.machine_info(bench or "moe-bench", args.mpirun)
-    with open(os.path.join(args.out, "machine.json"), "w") as f:
-        json.dump(info, f, indent=1)
+    machine_path = os.path.join(args.out, "machine.json")
+    previous = json.load(open(machine_path)) if os.path.exists(machine_path) else {}
 
     started = time.time()
     ran = failed = 0
+    load_before = os.getloadavg()[0]
     if not args.no_run:
-        results, ran, failed = runner.run_grid(grid, args.out, bench, args.mpirun)
+        try:
+            results, ran, failed = runner.run_grid(grid, args.out, bench, args.mpirun)
+        except KeyboardInterrupt:
+            print(f"\nmoe-sweep: interrupted; the points done are in {args.out}/results.jsonl and a rerun "
+                  "with the same --out resumes from there", file=sys.stderr)
+            return 130
+    if ran:
+        info["load_average"] = f"{load_before:.2f} at the start, {os.getloadavg()[0]:.2f} at the end (1-minute)"
+    elif "load_average" in previous:
+        info["load_average"] = previous["load_average"]
+    with open(machine_path, "w") as f:
+        json.dump(info, f, indent=1)
     results = runner.load_results(os.path.join(args.out, "results.jsonl"))
     keys = {p.key for p in grid.unique_points()}
     results = {k: v for k, v in results.items() if k in keys}

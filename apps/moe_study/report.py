@@ -71,7 +71,7 @@ def write_report(path, grid, results, info, timing, cores, analysis, plot_paths,
     for k, label in (("cpu", "CPU"), ("cores", "cores available"), ("memory_gib", "memory (GiB)"),
                      ("os", "OS"), ("moe_ep_git", "moe-ep git"), ("openmpi", "OpenMPI"),
                      ("onednn", "oneDNN (libdnnl-dev)"), ("compiler", "compiler"), ("build_type", "build type"),
-                     ("python", "Python")):
+                     ("python", "Python"), ("load_average", "load average during the runs")):
         if k in info:
             L.append(f"| {label} | {info[k]} |")
     L.append(f"| MPI environment | {', '.join(f'{k}={v}' for k, v in info.get('mpi_environment', {}).items())} |")
