@@ -72,13 +72,14 @@ def main(argv=None):
     for name, value, se, unit in an["model"].fit_report:
         print(f"  {name:32s} {value:10.4g} ± {se:.2g} {unit}")
     for comp, (rms, n) in an["model"].fit_quality.items():
-        print(f"  fit residual {comp:24s} {100 * rms:5.1f} % RMS over {n}")
+        print(f"  fit residual, {comp}: {100 * rms:.1f} % RMS over {n} values")
     s = an["summary_held"]
     print(f"held out {s['points']} points: median |error| {100 * s['median_abs_error']:.1f} %, "
           f"max {100 * s['max_abs_error']:.1f} %, RMS {100 * s['rms_error']:.1f} %")
+    labels = {p.key: f"{p.study}: {p.label()}" for p in g.unique_points()}
     for r, meas, pred, err in an["rows_held"]:
-        print(f"  {r['study']:10s} P={r['ranks']} {' '.join(f'{k}={v}' for k, v in r['params'].items() if k not in g.bench):40s} "
-              f"measured {meas:8.2f} ms  predicted {pred:8.2f} ms  {100 * err:+6.1f} %")
+        print(f"  {labels.get(r['key'], r['key']):60s} measured {meas:8.2f} ms  predicted {pred:8.2f} ms  "
+              f"{100 * err:+6.1f} %")
     c = an["cluster"]
     print(f"\n{c['preset']} preset {json.dumps(c['params'])}\nworkload {json.dumps(c['workload'])}, "
           + (f"GEMMs at {c['gemm_tflops']} TFLOP/s" if c["gemm_tflops"] else "no GEMM rate: GEMMs left out"))
