@@ -18,12 +18,14 @@
 #include <optional>
 
 #include "apps/execution_options.hpp"
+#include "apps/forced_routing.hpp"
 #include "apps/layer_options.hpp"
 #include "apps/link_options.hpp"
 #include "apps/mpi_program.hpp"
 #include "experts/gemm_floor.hpp"
 #include "runtime/initialization.hpp"
 #include "runtime/moe_layer.hpp"
+#include "runtime/wire_format.hpp"
 
 namespace po = boost::program_options;
 using namespace moe;
@@ -40,6 +42,8 @@ struct Options {
   std::uint64_t seed = 1;
   bool forward_only = false;
   bool json = false;
+  std::string routing = "learned";
+  apps::RoutingSpec routing_spec;
 };
 
 std::optional<Options> parse_options(int argc, char** argv, int rank) {
@@ -54,6 +58,8 @@ std::optional<Options> parse_options(int argc, char** argv, int rank) {
       ("warmup", po::value(&o.warmup)->default_value(o.warmup), "untimed iterations first")
       ("seed", po::value(&o.seed)->default_value(o.seed), "seed of parameters and inputs")
       ("forward-only", po::bool_switch(&o.forward_only), "time the forward pass only")
+      ("routing", po::value(&o.routing)->default_value(o.routing),
+       "learned (the router) | balanced | zipf:S | hot:E,P (expert E gets share P): forced routing")
       ("json", po::bool_switch(&o.json), "print one JSON object (rank 0, one line) instead of the table");
   apps::add_layer_options(desc, o.layer);
   apps::add_execution_options(desc, o.execution);
@@ -71,6 +77,8 @@ std::optional<Options> parse_options(int argc, char** argv, int rank) {
   if (o.tokens < 0) throw apps::UsageError("--tokens must be >= 0");
   if (o.iters < 1) throw apps::UsageError("--iters must be >= 1");
   if (o.warmup < 0) throw apps::UsageError("--warmup must be >= 0");
+  o.routing_spec = apps::parse_routing(o.routing, o.layer.config.num_experts, o.layer.config.top_k,
+                                       o.layer.config.d_model);
   return o;
 }
 
@@ -142,6 +150,37 @@ class RawAlltoallv {
   std::vector<std::byte> send_, recv_;
 };
 
+// How unevenly the work fell: assignments per expert (before dropping), kept rows per rank, and
+// the bytes the busiest rank's link carries in one forward's two exchanges (max of sent and
+// received to and from other ranks, each way, at the wire format's row size).
+struct LoadFigures {
+  double expert_max_over_mean = 0;
+  double rank_max_over_mean = 0;
+  double link_bytes_max = 0;
+};
+
+LoadFigures load_figures(comm::Communicator& world, const MoeLayer& layer, const ForwardStats& stats) {
+  LoadFigures f;
+  f.expert_max_over_mean = apps::max_over_mean(stats.expert_counts);
+  std::vector<std::int64_t> rank_rows(static_cast<std::size_t>(layer.ep_size()), 0);
+  for (std::size_t e = 0; e < stats.expert_kept.size(); ++e) {
+    rank_rows[e / static_cast<std::size_t>(layer.experts_per_rank())] += stats.expert_kept[e];
+  }
+  f.rank_max_over_mean = apps::max_over_mean(rank_rows);
+  std::int64_t sent = 0, received = 0;
+  for (int p = 0; p < layer.ep_size(); ++p) {
+    if (p == layer.ep_rank()) continue;
+    sent += stats.rows_to_peer[static_cast<std::size_t>(p)];
+    received += stats.rows_from_peer[static_cast<std::size_t>(p)];
+  }
+  const double row_bytes = static_cast<double>(layer.config().d_model) *
+                           static_cast<double>(wire_value_bytes(layer.config().wire));
+  double link_bytes[1] = {2.0 * static_cast<double>(std::max(sent, received)) * row_bytes};
+  world.allreduce(std::span<double>(link_bytes), comm::ReduceOp::max);
+  f.link_bytes_max = link_bytes[0];
+  return f;
+}
+
 int bench(comm::MpiCommunicator& world, const Options& o) {
   const MoeConfig& c = o.layer.config;
   apps::apply_watchdog(o.execution, world);
@@ -154,6 +193,7 @@ int bench(comm::MpiCommunicator& world, const Options& o) {
   std::vector<float> x(static_cast<std::size_t>(o.tokens * d)), y(x.size()), dy(x.size()), dx(x.size());
   fill_normal(x, o.seed, "input.rank" + std::to_string(rank));
   fill_normal(dy, o.seed, "grad_output.rank" + std::to_string(rank));
+  apps::apply_forced_routing(o.routing_spec, layer, x, o.tokens, o.seed, rank);
 
   if (rank == 0) {
     // On stderr, so --json output stays one line; also the sign (for tests) that the run is under way.
@@ -225,6 +265,7 @@ int bench(comm::MpiCommunicator& world, const Options& o) {
   }
 
   const ForwardStats& stats = ctx.result().stats;
+  const LoadFigures load = load_figures(world, layer, stats);
   if (rank != 0) return 0;
   const double fwd_ms = series.median_ms("fwd"), bwd_ms = series.median_ms("bwd");
   const double gemm_fwd_ms = series.median_ms("gemm_fwd"), gemm_bwd_ms = series.median_ms("gemm_bwd");
@@ -269,6 +310,10 @@ int bench(comm::MpiCommunicator& world, const Options& o) {
   j["tokens_per_s"] = static_cast<double>(stats.total_tokens) / ((fwd_ms + bwd_ms) / 1e3);
   j["dropped_assignments"] = stats.dropped_assignments;
   j["dropped_tokens"] = stats.dropped_tokens;
+  j["routing"] = o.routing_spec.text;
+  j["load_max_over_mean"] = load.expert_max_over_mean;
+  j["rank_load_max_over_mean"] = load.rank_max_over_mean;
+  j["link_bytes_max"] = load.link_bytes_max;
   j["expert_counts"] = stats.expert_counts;
   j["expert_kept"] = stats.expert_kept;
   j["load_max_over_mean"] = stats.load_max_over_mean;
@@ -288,6 +333,8 @@ int bench(comm::MpiCommunicator& world, const Options& o) {
   std::printf("moe-bench: %d ranks x %lld tokens, %s, link %s, chunks used %d\n", p_size,
               static_cast<long long>(o.tokens), c.summary().c_str(), apps::link_summary(o.link).c_str(),
               layer.chunks());
+  std::printf("routing %s: load max/mean %.3f (experts), %.3f (ranks' kept rows)\n",
+              o.routing_spec.text.c_str(), load.expert_max_over_mean, load.rank_max_over_mean);
   std::printf("routing: %lld assignments, %lld dropped (%.2f%%), %lld tokens lost every choice\n",
               static_cast<long long>(assignments), static_cast<long long>(stats.dropped_assignments),
               assignments ? 100.0 * static_cast<double>(stats.dropped_assignments) / static_cast<double>(assignments) : 0.0,

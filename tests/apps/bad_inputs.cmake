@@ -115,7 +115,9 @@ set(bench_args
   "n_group_not_divisor|4|--experts,6,--n-group,4,--tokens,8|n_group=4 does not divide num_experts (6)"
   "bad_gate|2|--gate,tanh|--gate 'tanh' is not one of: softmax, sigmoid"
   "bias_rate_with_softmax|2|--bias-update-rate,0.1|bias_update_rate=0.1 needs gate=sigmoid"
-  "unknown_activation|2|--activation,tanh|--activation 'tanh' is not one of")
+  "unknown_activation|2|--activation,tanh|--activation 'tanh' is not one of"
+  "unknown_routing|2|--routing,uniform|--routing 'uniform': unknown distribution"
+  "routing_too_narrow|2|--routing,balanced,--experts,16,--d-model,8|forced routing needs d_model (8) >= experts (16)")
 foreach(entry IN LISTS bench_args)
   string(REPLACE "|" ";" parts "${entry}")
   list(GET parts 0 name)
