@@ -164,7 +164,8 @@ LoadFigures load_figures(comm::Communicator& world, const MoeLayer& layer, const
   f.expert_max_over_mean = apps::max_over_mean(stats.expert_counts);
   std::vector<std::int64_t> rank_rows(static_cast<std::size_t>(layer.ep_size()), 0);
   for (std::size_t e = 0; e < stats.expert_kept.size(); ++e) {
-    rank_rows[e / static_cast<std::size_t>(layer.experts_per_rank())] += stats.expert_kept[e];
+    const auto owner = owner_of_expert(static_cast<std::int64_t>(e), layer.config().num_experts, layer.ep_size());
+    rank_rows[static_cast<std::size_t>(owner)] += stats.expert_kept[e];
   }
   f.rank_max_over_mean = apps::max_over_mean(rank_rows);
   std::int64_t sent = 0, received = 0;
@@ -316,7 +317,6 @@ int bench(comm::MpiCommunicator& world, const Options& o) {
   j["link_bytes_max"] = load.link_bytes_max;
   j["expert_counts"] = stats.expert_counts;
   j["expert_kept"] = stats.expert_kept;
-  j["load_max_over_mean"] = stats.load_max_over_mean;
   j["load_min"] = stats.load_min;
   j["load_std"] = stats.load_std;
   for (std::size_t p = 0; p < kNumPhases; ++p) {

@@ -29,7 +29,7 @@ std::vector<std::int64_t> route_forced(const std::string& text, std::int64_t exp
   apps::write_forced_gate(gate, experts, d);
   apps::write_forced_inputs(choices, x, tokens, experts, d, k);
   RouterOutput out;
-  route(c, gate, x, tokens, out);
+  route(c, gate, {}, x, tokens, out);
   for (std::int64_t t = 0; t < tokens; ++t) {
     std::set<std::int32_t> distinct;
     for (std::int64_t j = 0; j < k; ++j) {
