@@ -194,17 +194,7 @@ void MpiCommunicator::check_usable(const char* operation) const {
 }
 
 WatchdogReport MpiCommunicator::report(const char* operation) const {
-  WatchdogReport r;
-  r.operation = operation;
-  r.timeout_seconds = timeout_seconds_;
-  r.rank = rank_;
-  r.size = size_;
-  r.world_rank = this_world_rank();
-  r.host = host_;
-  r.layer = context_.layer;
-  r.call = context_.call;
-  r.phase = context_.phase;
-  return r;
+  return make_watchdog_report(operation, timeout_seconds_, rank_, size_, this_world_rank(), host_, context_);
 }
 
 void MpiCommunicator::watchdog_expired(WatchdogReport report, int num_requests, int num_receives) {

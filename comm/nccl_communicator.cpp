@@ -266,16 +266,8 @@ bool NcclCommunicator::abort_nccl() noexcept {
 }
 
 void NcclCommunicator::watchdog_expired(const char* operation) {
-  WatchdogReport r;
-  r.operation = operation;
-  r.timeout_seconds = timeout_seconds_;
-  r.rank = rank_;
-  r.size = size_;
-  r.world_rank = this_world_rank();
-  r.host = host_;
-  r.layer = context_.layer;
-  r.call = context_.call;
-  r.phase = context_.phase;
+  WatchdogReport r =
+      make_watchdog_report(operation, timeout_seconds_, rank_, size_, this_world_rank(), host_, context_);
   r.peers = "NCCL does not say which peers have joined; its ranks are on " +
             (peer_hosts_.empty() ? std::string("(hosts not known yet)") : ranks_by_host(peer_hosts_));
   poisoned_ = watchdog_message(r, action_);

@@ -8,6 +8,22 @@
 
 namespace moe::comm {
 
+WatchdogReport make_watchdog_report(const char* operation, double timeout_seconds, int rank, int size,
+                                    int world_rank, const std::string& host,
+                                    const OperationContext& context) {
+  WatchdogReport r;
+  r.operation = operation;
+  r.timeout_seconds = timeout_seconds;
+  r.rank = rank;
+  r.size = size;
+  r.world_rank = world_rank;
+  r.host = host;
+  r.layer = context.layer;
+  r.call = context.call;
+  r.phase = context.phase;
+  return r;
+}
+
 std::string watchdog_message(const WatchdogReport& report, WatchdogAction action) {
   char seconds[32];
   std::snprintf(seconds, sizeof seconds, "%.1f", report.timeout_seconds);

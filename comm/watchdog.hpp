@@ -35,6 +35,12 @@ struct WatchdogReport {
   std::string peers;
 };
 
+// A report of `operation` on the calling rank, with the context the layer set; the peers are
+// for the caller to fill.
+WatchdogReport make_watchdog_report(const char* operation, double timeout_seconds, int rank, int size,
+                                    int world_rank, const std::string& host,
+                                    const OperationContext& context);
+
 // The one-line diagnostic: "moe-ep watchdog: <operation> did not complete within <t> s on rank r
 // of n (world rank w, host h), layer 'l' call c phase 'p'; <peers>. <what happens next>."
 std::string watchdog_message(const WatchdogReport& report, WatchdogAction action);
