@@ -31,7 +31,7 @@ NodeTopology discover_node_topology(Communicator& comm, int ranks_per_node) {
     if (size % ranks_per_node != 0) {
       throw std::invalid_argument("ranks_per_node=" + std::to_string(ranks_per_node) +
                                   " does not divide the " + std::to_string(size) +
-                                  " ranks of the communicator");
+                                  " ranks (every node holds the same number of ranks)");
     }
     return {ranks_per_node, size / ranks_per_node};
   }

@@ -38,7 +38,8 @@ TEST_CASE("steady-state forward and backward allocate nothing", "[layer][allocat
   };
   for (const Setting& s : {Setting{"plain", 1, ExchangeKind::variable, WireFormat::fp32, DropPolicy::position},
                            Setting{"chunks=3,bf16,score", 3, ExchangeKind::variable, WireFormat::bf16, DropPolicy::score},
-                           Setting{"padded,chunks=2", 2, ExchangeKind::padded, WireFormat::fp32, DropPolicy::position}}) {
+                           Setting{"padded,chunks=2", 2, ExchangeKind::padded, WireFormat::fp32, DropPolicy::position},
+                           Setting{"hierarchical", 1, ExchangeKind::hierarchical, WireFormat::fp32, DropPolicy::position}}) {
     DYNAMIC_SECTION(s.name) {
       MoeConfig config;
       config.num_experts = 4 * world->size();
@@ -50,6 +51,7 @@ TEST_CASE("steady-state forward and backward allocate nothing", "[layer][allocat
       config.exchange = s.exchange;
       config.wire = s.wire;
       config.drop_policy = s.policy;
+      config.ranks_per_node = 1;  // every rank a node: the hierarchical exchange's relays all work
       MoeLayer layer(config, *world);
       init_parameters(layer, 3);
       const std::int64_t tokens = 200 + 37 * world->rank();
