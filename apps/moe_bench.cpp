@@ -21,6 +21,7 @@
 #include "apps/forced_routing.hpp"
 #include "apps/layer_options.hpp"
 #include "apps/link_options.hpp"
+#include "apps/node_spread.hpp"
 #include "apps/mpi_program.hpp"
 #include "experts/gemm_floor.hpp"
 #include "runtime/initialization.hpp"
@@ -186,7 +187,7 @@ int bench(comm::MpiCommunicator& world, const Options& o) {
   const MoeConfig& c = o.layer.config;
   apps::apply_watchdog(o.execution, world);
   std::unique_ptr<comm::Communicator> link_storage;
-  comm::Communicator& ep = apps::with_link(o.link, world, link_storage);
+  comm::Communicator& ep = apps::with_link(o.link, world, link_storage, static_cast<int>(c.ranks_per_node));
   MoeLayer layer(c, ep);
   init_parameters(layer, o.seed);
   const int rank = world.rank();
@@ -267,6 +268,7 @@ int bench(comm::MpiCommunicator& world, const Options& o) {
 
   const ForwardStats& stats = ctx.result().stats;
   const LoadFigures load = load_figures(world, layer, stats);
+  const apps::NodeSpread spread = apps::node_spread(ep, layer, ctx);
   if (rank != 0) return 0;
   const double fwd_ms = series.median_ms("fwd"), bwd_ms = series.median_ms("bwd");
   const double gemm_fwd_ms = series.median_ms("gemm_fwd"), gemm_bwd_ms = series.median_ms("gemm_bwd");
@@ -315,6 +317,13 @@ int bench(comm::MpiCommunicator& world, const Options& o) {
   j["load_max_over_mean"] = load.expert_max_over_mean;
   j["rank_load_max_over_mean"] = load.rank_max_over_mean;
   j["link_bytes_max"] = load.link_bytes_max;
+  // Across nodes (ranks_per_node, or the hosts): one forward's payload, whole group, both
+  // exchanges; and how many nodes each token's kept choices reach.
+  j["nodes"] = layer.topology().num_nodes;
+  j["internode_bytes"] = stats.internode_bytes;
+  j["internode_messages"] = stats.internode_messages;
+  j["nodes_per_token_mean"] = spread.mean;
+  j["nodes_per_token_max"] = spread.most;
   j["expert_counts"] = stats.expert_counts;
   j["expert_kept"] = stats.expert_kept;
   j["load_min"] = stats.load_min;
@@ -362,6 +371,10 @@ int bench(comm::MpiCommunicator& world, const Options& o) {
               j["fwd_over_max_exchange_compute"].get<double>(), compute_ms);
   std::printf("%-34s %8.3f ms  (ratio %.3f)\n", "plain MPI_Alltoallv, same bytes", raw_ms,
               j["exchange_over_raw"].get<double>());
+  std::printf("%-34s %8.1f MB in %lld messages (%d nodes; a token reaches %.2f nodes, at most %lld)\n",
+              "between nodes, one forward", static_cast<double>(stats.internode_bytes) / 1e6,
+              static_cast<long long>(stats.internode_messages), layer.topology().num_nodes, spread.mean,
+              static_cast<long long>(spread.most));
   return 0;
 }
 
