@@ -2,7 +2,6 @@
 
 #include <cmath>
 #include <sstream>
-#include <vector>
 
 #include "comm/node_topology.hpp"
 
@@ -47,11 +46,9 @@ comm::Communicator& with_link(const LinkOptions& options, comm::Communicator& in
     storage = std::make_unique<comm::SimulatedLinkCommunicator>(inner, options.model);
     return *storage;
   }
-  const comm::NodeTopology topology = comm::discover_node_topology(inner, ranks_per_node);
-  std::vector<int> nodes(static_cast<std::size_t>(inner.size()));
-  for (int r = 0; r < inner.size(); ++r) nodes[static_cast<std::size_t>(r)] = topology.node_of(r);
+  comm::NodeTopology topology = comm::discover_node_topology(inner, ranks_per_node);
   storage = std::make_unique<comm::SimulatedLinkCommunicator>(inner, options.model, options.between_nodes(),
-                                                             std::move(nodes));
+                                                             std::move(topology.node_of_rank));
   return *storage;
 }
 

@@ -39,15 +39,22 @@ struct Entry {
 
 }  // namespace
 
+namespace {
+
+// The relays pair rank (n, l) with (m, l): that needs blocks.
+const NodeTopology& blocks_of(const NodeTopology& topology) {
+  if (const std::string problem = blocks_problem(topology); !problem.empty()) {
+    throw std::invalid_argument(problem);
+  }
+  return topology;
+}
+
+}  // namespace
+
 HierarchicalExchange::HierarchicalExchange(Communicator& comm, const NodeTopology& topology,
                                            std::int64_t width)
-    : topology_(topology), width_(width), node_(topology.node_of(comm.rank())),
+    : topology_(blocks_of(topology)), width_(width), node_(topology.node_of(comm.rank())),
       local_(topology.local_rank_of(comm.rank())) {
-  if (topology.ranks_per_node * topology.num_nodes != comm.size()) {
-    throw std::invalid_argument("HierarchicalExchange: " + std::to_string(topology.num_nodes) +
-                                " nodes of " + std::to_string(topology.ranks_per_node) +
-                                " ranks do not make the communicator's " + std::to_string(comm.size()));
-  }
   node_comm_ = comm.split(node_, local_);
   cross_comm_ = comm.split(local_, node_);
 }

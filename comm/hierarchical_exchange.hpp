@@ -68,7 +68,8 @@ struct InterNodeTraffic {
 class HierarchicalExchange {
  public:
   // Collective over `comm` (two splits: the ranks of this node, the ranks of this local index).
-  // `comm` must outlive this object.
+  // `comm` must outlive this object. Throws std::invalid_argument, the same on every rank, when
+  // the nodes are not equal blocks of consecutive ranks.
   HierarchicalExchange(Communicator& comm, const NodeTopology& topology, std::int64_t width);
 
   // All operations below are collective over the communicator given at construction.

@@ -68,10 +68,15 @@ MoeLayer::MoeLayer(const MoeConfig& config, comm::Communicator& ep_comm)
   collectively(comm_, [&] { config_.validate(); });
   check_consistency();
   set_phase("node topology");
+  const int ranks_per_node = static_cast<int>(config_.ranks_per_node);
   collectively(comm_, [&] {
-    topology_ = comm::discover_node_topology(comm_, static_cast<int>(config_.ranks_per_node));
+    if (auto problem = comm::ranks_per_node_problem(ranks_per_node, ep_size()); !problem.empty()) throw Error(problem);
   });
+  topology_ = comm::discover_node_topology(comm_, ranks_per_node);
   if (config_.exchange == ExchangeKind::hierarchical) {
+    collectively(comm_, [&] {
+      if (auto problem = comm::blocks_problem(topology_); !problem.empty()) throw Error(problem);
+    });
     hierarchical_ = std::make_unique<comm::HierarchicalExchange>(comm_, topology_, config_.d_model);
   }
   gate_weight_.assign(static_cast<std::size_t>(config_.num_experts * config_.d_model), 0.0f);
