@@ -170,8 +170,23 @@ const std::vector<ConfigField>& table() {
                           : std::string();
              },
              "variable (counts, then rows) | padded (capacity slots, no count exchange)"),
-      choice("wire", K::execution, &M::wire, {parse_wire_format, to_string, "fp32, bf16"}, no_rule,
-             "format of exchanged rows: fp32 | bf16 (relative error <= 1e-2)"),
+      choice("compute", K::execution, &M::compute,
+             {experts::parse_compute, experts::to_string, "fp32, bf16"}, no_rule,
+             "precision of the expert GEMMs: fp32 | bf16 (fp32 accumulation and master weights; "
+             "relative error <= 1e-2)"),
+      ConfigField{"wire", K::execution,
+                  "format of exchanged rows: fp32 | bf16 (relative error <= 1e-2) | auto (that of compute)",
+                  [](const M& c) { return c.wire ? std::string(to_string(*c.wire)) : std::string("auto"); },
+                  [](M& c, std::string_view text) {
+                    if (text == "auto") {
+                      c.wire.reset();
+                      return;
+                    }
+                    const auto format = parse_wire_format(text);
+                    if (!format) throw Error("wire '" + std::string(text) + "' is not one of: fp32, bf16, auto");
+                    c.wire = *format;
+                  },
+                  no_rule},
       number("check_finite", K::execution, &M::check_finite, no_rule,
              "refuse NaN or infinite inputs and output gradients"),
   };
