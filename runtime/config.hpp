@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "experts/activation.hpp"
+#include "experts/compute.hpp"
 #include "runtime/wire_format.hpp"
 
 namespace moe {
@@ -75,11 +76,19 @@ struct MoeConfig {
   // Ranks per node (consecutive blocks), for the hierarchical exchange and the statistics of
   // inter-node traffic; 0: the hosts as MPI sees them (comm/node_topology.hpp).
   std::int64_t ranks_per_node = 0;
-  WireFormat wire = WireFormat::fp32;  // bf16 only when asked for (relative error <= 1e-2)
+  // Precision of the expert GEMMs (routed and shared experts; the router stays fp32, see
+  // README "bf16 compute"): bf16 only when asked for (relative error <= 1e-2).
+  experts::Compute compute = experts::Compute::fp32;
+  // Format of exchanged rows; unset ("auto"): the compute precision's, so compute=bf16 sends bf16
+  // unless the wire was set to fp32. Read it through wire_format().
+  std::optional<WireFormat> wire;
   bool check_finite = false;  // refuse NaN/Inf in inputs and output gradients (one pass over each)
   std::string label = "moe";  // names the layer in diagnostics (watchdog, errors)
 
   bool dropless() const { return capacity_factor <= 0.0; }
+  WireFormat wire_format() const {
+    return wire ? *wire : compute == experts::Compute::bf16 ? WireFormat::bf16 : WireFormat::fp32;
+  }
   bool has_shared_expert() const { return d_shared_hidden > 0; }
   std::int64_t groups_per_token() const { return topk_group > 0 ? topk_group : n_group; }
 
@@ -99,7 +108,7 @@ struct MoeConfig {
   // check they run the same layer (the label is left out: it only names the layer).
   std::vector<std::pair<std::string, std::string>> fields() const;
 
-  // One line for logs: "num_experts=8 d_model=512 ... wire=fp32".
+  // One line for logs: "num_experts=8 d_model=512 ... wire=auto".
   std::string summary() const;
 };
 

@@ -108,8 +108,9 @@ std::string exchange_rule(const MoeConfig& c) {
     return "runs the whole pass as one chunk: set overlap_chunks=1 (it is " +
            (c.overlap_chunks == 0 ? std::string("auto") : std::to_string(c.overlap_chunks)) + ")";
   }
-  if (c.exchange == ExchangeKind::hierarchical && c.wire != WireFormat::fp32) {
-    return "sends fp32 rows (its relays add partial sums): set wire=fp32";
+  if (c.exchange == ExchangeKind::hierarchical && c.wire_format() != WireFormat::fp32) {
+    return std::string("sends fp32 rows (its relays add partial sums): set wire=fp32") +
+           (c.wire ? "" : " (wire=auto follows compute=bf16)");
   }
   return {};
 }
@@ -187,8 +188,23 @@ const std::vector<ConfigField>& table() {
       number("ranks_per_node", K::execution, &M::ranks_per_node, at_least(&M::ranks_per_node, 0),
              "ranks per node (consecutive blocks) for the hierarchical exchange and inter-node "
              "statistics; 0: the hosts as MPI sees them"),
-      choice("wire", K::execution, &M::wire, {parse_wire_format, to_string, "fp32, bf16"}, no_rule,
-             "format of exchanged rows: fp32 | bf16 (relative error <= 1e-2)"),
+      choice("compute", K::execution, &M::compute,
+             {experts::parse_compute, experts::to_string, "fp32, bf16"}, no_rule,
+             "precision of the expert GEMMs: fp32 | bf16 (fp32 accumulation and master weights; "
+             "relative error <= 1e-2)"),
+      ConfigField{"wire", K::execution,
+                  "format of exchanged rows: fp32 | bf16 (relative error <= 1e-2) | auto (that of compute)",
+                  [](const M& c) { return c.wire ? std::string(to_string(*c.wire)) : std::string("auto"); },
+                  [](M& c, std::string_view text) {
+                    if (text == "auto") {
+                      c.wire.reset();
+                      return;
+                    }
+                    const auto format = parse_wire_format(text);
+                    if (!format) throw Error("wire '" + std::string(text) + "' is not one of: fp32, bf16, auto");
+                    c.wire = *format;
+                  },
+                  no_rule},
       number("check_finite", K::execution, &M::check_finite, no_rule,
              "refuse NaN or infinite inputs and output gradients"),
   };

@@ -151,7 +151,7 @@ void MoeLayer::set_phase(const char* phase) {
 
 void MoeLayer::grow_receive_side(ForwardContext& ctx) {
   const DispatchPlan& plan = ctx.plan_;
-  const std::int64_t d = config_.d_model, h = config_.d_hidden;
+  const std::int64_t d = config_.d_model;
   const auto row_bytes = static_cast<std::int64_t>(wire_row_bytes());
   grow(send_wire_, plan.num_send_rows() * row_bytes);
   grow(ctx.returned_, plan.num_send_rows() * row_bytes);
@@ -162,17 +162,11 @@ void MoeLayer::grow_receive_side(ForwardContext& ctx) {
   if (static_cast<int>(ctx.ffn_.size()) < plan.num_chunks) ctx.ffn_.resize(static_cast<std::size_t>(plan.num_chunks));
   // The experts' saved activations too, so no chunk's computation allocates mid-pipeline.
   for (int c = 0; c < plan.num_chunks; ++c) {
-    experts::FfnActivations& saved = ctx.ffn_[static_cast<std::size_t>(c)];
-    const std::int64_t hidden = plan.chunk_recv_rows(c) * h;
-    grow(saved.hidden_pre, hidden);
-    grow(saved.hidden_act, hidden);
-    if (experts::is_gated(config_.activation)) grow(saved.hidden_gate, hidden);
+    experts::reserve(ctx.ffn_[static_cast<std::size_t>(c)], plan.chunk_recv_rows(c), experts_.shape(),
+                     config_.compute);
   }
   if (config_.has_shared_expert()) {
-    const std::int64_t hidden = plan.num_tokens * config_.d_shared_hidden;
-    grow(ctx.shared_ffn_.hidden_pre, hidden);
-    grow(ctx.shared_ffn_.hidden_act, hidden);
-    if (experts::is_gated(config_.activation)) grow(ctx.shared_ffn_.hidden_gate, hidden);
+    experts::reserve(ctx.shared_ffn_, plan.num_tokens, shared_expert_.shape(), config_.compute);
     grow(shared_rows_, plan.num_tokens * d);
   }
 }
@@ -184,6 +178,11 @@ void MoeLayer::start_worker() {
   worker_ = std::make_unique<ExchangeWorker>(*worker_comm_);
 }
 
+void MoeLayer::parameters_changed() {
+  experts_.mark_changed();
+  shared_expert_.mark_changed();
+}
+
 void MoeLayer::zero_grad() {
   std::fill(gate_weight_grad_.begin(), gate_weight_grad_.end(), 0.0f);
   expert_grads_.set_zero();
@@ -191,7 +190,7 @@ void MoeLayer::zero_grad() {
 }
 
 std::size_t MoeLayer::wire_row_bytes() const {
-  return static_cast<std::size_t>(config_.d_model) * wire_value_bytes(config_.wire);
+  return static_cast<std::size_t>(config_.d_model) * wire_value_bytes(config_.wire_format());
 }
 
 const ForwardResult& MoeLayer::forward(std::span<const float> x, std::span<float> y,
@@ -216,7 +215,7 @@ const ForwardResult& MoeLayer::forward(std::span<const float> x, std::span<float
     if (!config_.has_shared_expert()) return;
     const auto start = Clock::now();
     experts::ffn_forward(shared_expert_, x, shared_offsets_, rows(shared_rows_, 0, plan.num_tokens, d),
-                         ctx.shared_ffn_);
+                         ctx.shared_ffn_, config_.compute);
     ctx.result_.stats.shared_expert_seconds = std::chrono::duration<double>(Clock::now() - start).count();
     clock.lap(Phase::experts);
   };
@@ -311,7 +310,7 @@ void MoeLayer::forward_chunk(MoeLayer& layer, ForwardContext& ctx, int c) {
   to_expert_order(plan, c, received, ctx.expert_input_);
   experts::ffn_forward(layer.experts_, rows(ctx.expert_input_, first, count, d),
                        plan.chunk_expert_offsets(c), rows(layer.expert_rows_, first, count, d),
-                       ctx.ffn_[static_cast<std::size_t>(c)]);
+                       ctx.ffn_[static_cast<std::size_t>(c)], layer.config_.compute);
   from_expert_order(plan, c, layer.expert_rows_, received);
 }
 

@@ -108,6 +108,12 @@ class MoeLayer {
   std::span<float> selection_bias() { return selection_bias_; }
   std::span<const float> selection_bias() const { return selection_bias_; }
 
+  // Call after writing expert or shared-expert weights through spans kept from earlier (an
+  // optimizer's, a checkpoint loader's): with compute=bf16 the next forward then remakes their
+  // bf16 copies instead of running on the old ones. Not needed after writing through spans
+  // fetched afresh from experts() or shared_expert() (see ExpertShard::version).
+  void parameters_changed();
+
   // Auxiliary-loss-free balancing (SPEC.md section 3): after a forward, moves the selection bias
   // by bias_update_rate · sign(mean − count) per expert, from that forward's group-wide counts.
   // Not collective: every rank holds the same counts, so the bias stays identical everywhere.
@@ -173,7 +179,7 @@ class MoeLayer {
   comm::InterNodeTraffic internode_traffic(const ForwardContext& ctx) const;
   static void forward_chunk(MoeLayer& layer, ForwardContext& ctx, int c);
   static void backward_chunk(MoeLayer& layer, ForwardContext& ctx, int c);
-  WireRows wire(std::byte* data) const { return {data, config_.d_model, config_.wire}; }
+  WireRows wire(std::byte* data) const { return {data, config_.d_model, config_.wire_format()}; }
   std::size_t wire_row_bytes() const;
 
   MoeConfig config_;
