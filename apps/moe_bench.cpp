@@ -219,7 +219,7 @@ nlohmann::json measure(comm::MpiCommunicator& world, const Options& o, const Moe
     world.barrier();
     auto start = Clock::now();
     const ForwardResult& r = layer.forward(x, y, ctx);
-    enum Extra { count_exchange, fill, bwd_fill, num_extra };
+    enum Extra { count_exchange, fill, bwd_fill, fwd_outside, bwd_outside, num_extra };
     double t[2 + 2 * kNumPhases + num_extra] = {seconds_since(start), 0};
     if (!o.forward_only) {
       start = Clock::now();
@@ -233,6 +233,13 @@ nlohmann::json measure(comm::MpiCommunicator& world, const Options& o, const Moe
     extra[count_exchange] = r.stats.count_exchange_seconds;
     extra[fill] = r.stats.fill_seconds;
     extra[bwd_fill] = ctx.backward_fill_seconds();
+    // This rank's time in no phase (the statistics' allgather, the call itself).
+    extra[fwd_outside] = t[0];
+    extra[bwd_outside] = t[1];
+    for (std::size_t p = 0; p < kNumPhases; ++p) {
+      extra[fwd_outside] -= t[2 + p];
+      if (!o.forward_only) extra[bwd_outside] -= t[2 + kNumPhases + p];
+    }
     world.allreduce(std::span<double>(t), comm::ReduceOp::max);
     // Time inside the exchanges: the rank that waited least for its peers shows the transfer
     // itself (the others add waiting for a slower rank's compute).
@@ -271,6 +278,8 @@ nlohmann::json measure(comm::MpiCommunicator& world, const Options& o, const Moe
     series.add("fwd.count_exchange", extra[count_exchange]);
     series.add("fwd.fill", extra[fill]);
     series.add("bwd.fill", extra[bwd_fill]);
+    series.add("fwd.outside", extra[fwd_outside]);
+    series.add("bwd.outside", extra[bwd_outside]);
     series.add("exchange", exchange[0]);
     series.add("bwd_exchange", exchange[1]);
     series.add("shared_expert", shared);
@@ -346,14 +355,12 @@ nlohmann::json measure(comm::MpiCommunicator& world, const Options& o, const Moe
   // statistics' allgather and the call itself).
   for (const char* pass : {"fwd", "bwd"}) {
     const std::string p(pass);
-    double phases = 0;
-    for (std::size_t i = 0; i < kNumPhases; ++i) phases += series.median_ms(p + "." + std::string(kPhaseNames[i]));
     nlohmann::json& b = j[p + "_overheads_ms"];
     if (p == "fwd") b["count_exchange"] = series.median_ms("fwd.count_exchange");
     b["fill"] = series.median_ms(p + ".fill");
     b["stalls"] = std::max(0.0, series.median_ms(p + ".exchange") - series.median_ms(p + ".fill"));
     b["drain"] = series.median_ms(p + ".exchange_back");
-    b["outside_phases"] = std::max(0.0, series.median_ms(p) - phases);
+    b["outside_phases"] = series.median_ms(p + ".outside");
   }
   return j;
 }
@@ -395,6 +402,7 @@ void print_table(const nlohmann::json& j, const Options& o) {
   std::printf("%-34s %8.3f     (expert compute %.3f ms)\n", "forward / max(exchange, compute)",
               ms("fwd_over_max_exchange_compute"), ms("compute_ms"));
   for (const char* pass : {"fwd", "bwd"}) {
+    if (std::string(pass) == "bwd" && o.forward_only) continue;
     const nlohmann::json& b = j[std::string(pass) + "_overheads_ms"];
     std::printf("  %s waits, ms: fill %.3f  stalls %.3f  drain %.3f  outside phases %.3f", pass,
                 b["fill"].get<double>(), b["stalls"].get<double>(), b["drain"].get<double>(),
