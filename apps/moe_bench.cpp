@@ -23,6 +23,7 @@
 #include "apps/forced_routing.hpp"
 #include "apps/layer_options.hpp"
 #include "apps/link_options.hpp"
+#include "apps/node_spread.hpp"
 #include "apps/mpi_program.hpp"
 #include "experts/gemm_floor.hpp"
 #include "runtime/initialization.hpp"
@@ -191,7 +192,7 @@ LoadFigures load_figures(comm::Communicator& world, const MoeLayer& layer, const
 // Every figure of one configuration, as the JSON object moe-bench prints (valid on rank 0).
 nlohmann::json measure(comm::MpiCommunicator& world, const Options& o, const MoeConfig& c) {
   std::unique_ptr<comm::Communicator> link_storage;
-  comm::Communicator& ep = apps::with_link(o.link, world, link_storage);
+  comm::Communicator& ep = apps::with_link(o.link, world, link_storage, static_cast<int>(c.ranks_per_node));
   MoeLayer layer(c, ep);
   init_parameters(layer, o.seed);
   const int rank = world.rank();
@@ -290,6 +291,7 @@ nlohmann::json measure(comm::MpiCommunicator& world, const Options& o, const Moe
 
   const ForwardStats& stats = ctx.result().stats;
   const LoadFigures load = load_figures(world, layer, stats);
+  const apps::NodeSpread spread = apps::node_spread(ep, layer, ctx);
   if (rank != 0) return {};
   const double fwd_ms = series.median_ms("fwd"), bwd_ms = series.median_ms("bwd");
   const double gemm_fwd_ms = series.median_ms("gemm_fwd"), gemm_bwd_ms = series.median_ms("gemm_bwd");
@@ -340,6 +342,13 @@ nlohmann::json measure(comm::MpiCommunicator& world, const Options& o, const Moe
   j["load_max_over_mean"] = load.expert_max_over_mean;
   j["rank_load_max_over_mean"] = load.rank_max_over_mean;
   j["link_bytes_max"] = load.link_bytes_max;
+  // Across nodes (ranks_per_node, or the hosts): one forward's payload, whole group, both
+  // exchanges; and how many nodes each token's kept choices reach.
+  j["nodes"] = layer.topology().num_nodes;
+  j["internode_bytes"] = stats.internode_bytes;
+  j["internode_messages"] = stats.internode_messages;
+  j["nodes_per_token_mean"] = spread.mean;
+  j["nodes_per_token_max"] = spread.most;
   j["expert_counts"] = stats.expert_counts;
   j["expert_kept"] = stats.expert_kept;
   j["load_min"] = stats.load_min;
@@ -412,6 +421,10 @@ void print_table(const nlohmann::json& j, const Options& o) {
   }
   std::printf("%-34s %8.3f ms  (ratio %.3f)\n", "plain MPI_Alltoallv, same bytes", ms("raw_alltoallv_ms"),
               ms("exchange_over_raw"));
+  std::printf("%-34s %8.1f MB in %lld messages (%d nodes; a token reaches %.2f nodes, at most %lld)\n",
+              "between nodes, one forward", ms("internode_bytes") / 1e6,
+              j["internode_messages"].get<long long>(), j["nodes"].get<int>(), ms("nodes_per_token_mean"),
+              j["nodes_per_token_max"].get<long long>());
 }
 
 // The two precisions side by side (`a` as run first, `b` the other), and b's speed-up over a.

@@ -35,10 +35,13 @@ enum class CapacityScope { rank, global };
 std::optional<CapacityScope> parse_capacity_scope(std::string_view name);
 std::string_view to_string(CapacityScope scope);
 
-// How rows are exchanged: `variable` sends each expert's kept rows after a count exchange;
-// `padded` sends every (source, expert) pair a fixed block of capacity slots with the row count in
-// its header, so no count exchange precedes the payload (not for dropless layers: no capacity).
-enum class ExchangeKind { variable, padded };
+// How rows are exchanged. Two flat exchanges (one all-to-all over every rank): `variable` sends
+// each expert's kept rows after a count exchange; `padded` sends every (source, expert) pair a
+// fixed block of capacity slots with the row count in its header, so no count exchange precedes
+// the payload (not for dropless layers: no capacity). `hierarchical` (comm/hierarchical_exchange.hpp)
+// sends each token once per destination node and fans it out inside the node; the way back sums
+// inside the node first. It runs one chunk in fp32 (its relays sum rows: see its field's rule).
+enum class ExchangeKind { variable, padded, hierarchical };
 std::optional<ExchangeKind> parse_exchange_kind(std::string_view name);
 std::string_view to_string(ExchangeKind kind);
 
@@ -70,6 +73,9 @@ struct MoeConfig {
   // Execution: how the layer runs, never what it computes (SPEC.md section 9).
   std::int64_t overlap_chunks = 1;  // pipeline chunks; 0 = auto, chosen from the first call's timings
   ExchangeKind exchange = ExchangeKind::variable;
+  // Ranks per node (consecutive blocks), for the hierarchical exchange and the statistics of
+  // inter-node traffic; 0: the hosts as MPI sees them (comm/node_topology.hpp).
+  std::int64_t ranks_per_node = 0;
   // Precision of the expert GEMMs (routed and shared experts; the router stays fp32, see
   // README "bf16 compute"): bf16 only when asked for (relative error <= 1e-2).
   experts::Compute compute = experts::Compute::fp32;

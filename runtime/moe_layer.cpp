@@ -67,6 +67,13 @@ MoeLayer::MoeLayer(const MoeConfig& config, comm::Communicator& ep_comm)
   set_phase("construction");
   collectively(comm_, [&] { config_.validate(); });
   check_consistency();
+  set_phase("node topology");
+  collectively(comm_, [&] {
+    topology_ = comm::discover_node_topology(comm_, static_cast<int>(config_.ranks_per_node));
+  });
+  if (config_.exchange == ExchangeKind::hierarchical) {
+    hierarchical_ = std::make_unique<comm::HierarchicalExchange>(comm_, topology_, config_.d_model);
+  }
   gate_weight_.assign(static_cast<std::size_t>(config_.num_experts * config_.d_model), 0.0f);
   selection_bias_.assign(static_cast<std::size_t>(config_.num_experts), 0.0f);
   experts_ = experts::ExpertShard(
@@ -93,8 +100,9 @@ MoeLayer::MoeLayer(const MoeConfig& config, comm::Communicator& ep_comm)
     empty_exchange_seconds_ = best;
   }
   // The shared expert needs no remote rows: it is computed while the dispatch travels, so the
-  // exchanges then run on the communication thread even with one chunk.
-  if (chunks_ > 1 || config_.has_shared_expert()) start_worker();
+  // exchanges then run on the communication thread even with one chunk (not the hierarchical
+  // exchange's: they run on this thread).
+  if ((chunks_ > 1 || config_.has_shared_expert()) && !hierarchical_) start_worker();
 }
 
 MoeLayer::~MoeLayer() = default;
@@ -145,6 +153,7 @@ void MoeLayer::grow_receive_side(ForwardContext& ctx) {
   grow(recv_wire_, plan.num_recv_rows() * row_bytes);
   grow(ctx.expert_input_, plan.num_recv_rows() * d);
   grow(expert_rows_, plan.num_recv_rows() * d);
+  if (hierarchical_) grow(row_values_, plan.num_send_rows());
   if (static_cast<int>(ctx.ffn_.size()) < plan.num_chunks) ctx.ffn_.resize(static_cast<std::size_t>(plan.num_chunks));
   // The experts' saved activations too, so no chunk's computation allocates mid-pipeline.
   for (int c = 0; c < plan.num_chunks; ++c) {
@@ -191,7 +200,7 @@ const ForwardResult& MoeLayer::forward(std::span<const float> x, std::span<float
   const DispatchPlan& plan = ctx.plan_;
   set_phase("agree on receive buffers");
   agree_on_errors(comm_, late_error.empty() ? failure_of([&] { grow_receive_side(ctx); }) : late_error);
-  gather_rows(plan, x, wire(send_wire_.data()));
+  if (!hierarchical_) gather_rows(plan, x, wire(send_wire_.data()));
   clock.lap(Phase::permute);
 
   const std::int64_t d = config_.d_model;
@@ -205,10 +214,17 @@ const ForwardResult& MoeLayer::forward(std::span<const float> x, std::span<float
     ctx.result_.stats.shared_expert_seconds = std::chrono::duration<double>(Clock::now() - start).count();
     clock.lap(Phase::experts);
   };
-  const double exchange_seconds =
-      run_pipeline(ctx, send_wire_.data(), ctx.returned_.data(), &MoeLayer::forward_chunk, clock,
-                   "dispatch", "return", ctx.result_.stats.fill_seconds, shared_forward);
-  combine_rows(plan, ctx.router_.weight, wire(ctx.returned_.data()), y);
+  double exchange_seconds = 0;
+  if (hierarchical_) {
+    shared_forward();
+    ctx.result_.stats.fill_seconds = 0;  // no pipeline
+    exchange_seconds = run_hierarchical_forward(ctx, x, y, clock);
+  } else {
+    exchange_seconds = run_pipeline(ctx, send_wire_.data(), ctx.returned_.data(), &MoeLayer::forward_chunk,
+                                    clock, "dispatch", "return", ctx.result_.stats.fill_seconds,
+                                    shared_forward);
+    combine_rows(plan, ctx.router_.weight, wire(ctx.returned_.data()), y);
+  }
   if (config_.has_shared_expert()) {
     for (std::int64_t i = 0; i < plan.num_tokens * d; ++i) y[static_cast<std::size_t>(i)] += shared_rows_[static_cast<std::size_t>(i)];
   }
@@ -242,19 +258,13 @@ void MoeLayer::backward(std::span<const float> x, std::span<const float> dy, std
       grow(expert_grad_rows_, plan.num_recv_rows() * d);
       grow(d_logits_, plan.num_tokens * config_.num_experts);
       if (config_.has_shared_expert()) grow(shared_rows_, plan.num_tokens * d);
+      if (hierarchical_) grow(row_values_, plan.num_send_rows());
     });
   }
   set_phase("backward: agree on inputs");
   agree_on_errors(comm_, local_error);
 
   PhaseTimer clock(ctx.backward_seconds_);
-  combine_rows_backward(plan, ctx.router_.weight, wire(ctx.returned_.data()), dy,
-                        wire(send_wire_.data()), d_weight_);
-  zero_padding_rows(plan, wire(send_wire_.data()));
-  clock.lap(Phase::combine);
-
-  // The gradient of each expert output travels the dispatch route and the input gradient comes
-  // back into the same buffer: chunk c's return lands where chunk c's dispatch already left.
   shared_offsets_ = {0, plan.num_tokens};
   const auto shared_backward = [&] {
     if (!config_.has_shared_expert()) return;
@@ -262,12 +272,23 @@ void MoeLayer::backward(std::span<const float> x, std::span<const float> dy, std
                           rows(shared_rows_, 0, plan.num_tokens, d), shared_expert_grads_);
     clock.lap(Phase::experts);
   };
-  ctx.backward_exchange_seconds_ =
-      run_pipeline(ctx, send_wire_.data(), send_wire_.data(), &MoeLayer::backward_chunk, clock,
-                   "backward: gradients to experts", "backward: gradients back",
-                   ctx.backward_fill_seconds_, shared_backward);
-
-  gather_rows_backward(plan, wire(send_wire_.data()), dx);
+  if (hierarchical_) {
+    shared_backward();
+    ctx.backward_fill_seconds_ = 0;  // no pipeline
+    ctx.backward_exchange_seconds_ = run_hierarchical_backward(ctx, dy, dx, clock);
+  } else {
+    combine_rows_backward(plan, ctx.router_.weight, wire(ctx.returned_.data()), dy,
+                          wire(send_wire_.data()), d_weight_);
+    zero_padding_rows(plan, wire(send_wire_.data()));
+    clock.lap(Phase::combine);
+    // The gradient of each expert output travels the dispatch route and the input gradient comes
+    // back into the same buffer: chunk c's return lands where chunk c's dispatch already left.
+    ctx.backward_exchange_seconds_ =
+        run_pipeline(ctx, send_wire_.data(), send_wire_.data(), &MoeLayer::backward_chunk, clock,
+                     "backward: gradients to experts", "backward: gradients back",
+                     ctx.backward_fill_seconds_, shared_backward);
+    gather_rows_backward(plan, wire(send_wire_.data()), dx);
+  }
   if (config_.has_shared_expert()) {
     for (std::int64_t i = 0; i < plan.num_tokens * d; ++i) dx[static_cast<std::size_t>(i)] += shared_rows_[static_cast<std::size_t>(i)];
   }
@@ -489,7 +510,7 @@ void MoeLayer::reduce_statistics(ForwardContext& ctx, double exchange_seconds) {
   const auto row_bytes = static_cast<std::int64_t>(wire_row_bytes());
   // Layout per rank: counts[E], kept[E], prob_sum[E], then the scalars below.
   enum Scalar { lse_sq, tokens, dropped_assignments, dropped_tokens, bytes_sent, bytes_received,
-                exchange_s, experts_s, num_scalars };
+                internode_bytes, internode_messages, exchange_s, experts_s, num_scalars };
   const std::int64_t width = 3 * num_experts + num_scalars;
   stat_local_.resize(static_cast<std::size_t>(width));
   stat_all_.resize(static_cast<std::size_t>(width * p_size));
@@ -510,6 +531,9 @@ void MoeLayer::reduce_statistics(ForwardContext& ctx, double exchange_seconds) {
                                    plan.num_recv_rows() - plan.recv_rows_from(me);
   scalars[bytes_sent] = static_cast<double>(remote_rows * row_bytes);
   scalars[bytes_received] = scalars[bytes_sent];
+  const comm::InterNodeTraffic internode = internode_traffic(ctx);
+  scalars[internode_bytes] = static_cast<double>(internode.bytes);
+  scalars[internode_messages] = static_cast<double>(internode.messages);
   scalars[exchange_s] = exchange_seconds;
   scalars[experts_s] = ctx.result_.stats.seconds(Phase::experts);
   set_phase("statistics");
@@ -529,6 +553,7 @@ void MoeLayer::reduce_statistics(ForwardContext& ctx, double exchange_seconds) {
   stats.bytes_sent.resize(static_cast<std::size_t>(p_size));
   stats.bytes_received.resize(static_cast<std::size_t>(p_size));
   stats.total_tokens = stats.dropped_assignments = stats.dropped_tokens = 0;
+  stats.internode_bytes = stats.internode_messages = 0;
   double lse_sq_total = 0;
   std::vector<double>& prob_sum = prob_sum_;
   prob_sum.assign(static_cast<std::size_t>(num_experts), 0.0);
@@ -546,6 +571,8 @@ void MoeLayer::reduce_statistics(ForwardContext& ctx, double exchange_seconds) {
     stats.dropped_tokens += static_cast<std::int64_t>(s[dropped_tokens]);
     stats.bytes_sent[r] = static_cast<std::int64_t>(s[bytes_sent]);
     stats.bytes_received[r] = static_cast<std::int64_t>(s[bytes_received]);
+    stats.internode_bytes += static_cast<std::int64_t>(s[internode_bytes]);
+    stats.internode_messages += static_cast<std::int64_t>(s[internode_messages]);
   }
 
   // SPEC.md section 7; both losses are 0 for an empty group.

@@ -3,7 +3,8 @@
 # With DP > 1 it runs DP data-parallel copies of each case (NP x DP ranks, --dp-size DP).
 # EXTRA: more moe-replay arguments (execution options: same results within SPEC.md section 9).
 # BOUND: the relative error allowed per tensor (default 1e-5; SPEC.md section 9 allows 1e-2 for bf16).
-# cmake -DMPIRUN=... -DNP=... [-DDP=...] [-DEXTRA="a;b"] [-DBOUND=...] -DREPLAY=... -DTOOL=... -DDIR=... -P replay_suite.cmake
+# CASES: a regex of case names to run (default: every case), for runs that cannot afford them all.
+# cmake -DMPIRUN=... -DNP=... [-DDP=...] [-DEXTRA="a;b"] [-DBOUND=...] [-DCASES=regex] -DREPLAY=... -DTOOL=... -DDIR=... -P replay_suite.cmake
 if(NOT DP)
   set(DP 1)
 endif()
@@ -13,6 +14,9 @@ endif()
 math(EXPR ranks "${NP} * ${DP}")
 file(GLOB cases "${DIR}/*.safetensors")
 list(FILTER cases EXCLUDE REGEX "/bad_")
+if(CASES)
+  list(FILTER cases INCLUDE REGEX "/(${CASES})\\.safetensors$")
+endif()
 list(LENGTH cases count)
 if(count EQUAL 0)
   message(FATAL_ERROR "no cases in ${DIR}")

@@ -1,7 +1,8 @@
 // Every execution option computes the same layer (SPEC.md section 9): overlap chunks (a number or
-// auto), the padded exchange and the bf16 wire format, forward and backward, on 1, 2 and 4 ranks,
-// against the float64 reference and against the plain run (one chunk, variable, fp32); and bf16
-// compute follows weight changes (its accuracy: the replay suite's compute_bf16 runs).
+// auto), the padded and the hierarchical exchange and the bf16 wire format, forward and backward,
+// on 1, 2 and 4 ranks, against the float64 reference and against the plain run (one chunk,
+// variable, fp32); and bf16 compute follows weight changes (its accuracy: the replay suite's
+// compute_bf16 runs).
 #include <catch2/catch.hpp>
 
 #include "comm/mpi_communicator.hpp"
@@ -18,6 +19,7 @@ struct Variant {
   std::int64_t chunks;
   ExchangeKind exchange;
   WireFormat wire;
+  std::int64_t ranks_per_node = 0;
 };
 
 const std::vector<Variant> kExactVariants = {
@@ -25,6 +27,8 @@ const std::vector<Variant> kExactVariants = {
     {"chunks=auto", 0, ExchangeKind::variable, WireFormat::fp32},
     {"padded", 1, ExchangeKind::padded, WireFormat::fp32},
     {"padded,chunks=2", 2, ExchangeKind::padded, WireFormat::fp32},
+    // Every rank a node of its own, so every relay works (the replay suite runs 2 per node).
+    {"hierarchical,1 per node", 1, ExchangeKind::hierarchical, WireFormat::fp32, 1},
 };
 const std::vector<Variant> kBf16Variants = {
     {"bf16", 1, ExchangeKind::variable, WireFormat::bf16},
@@ -67,10 +71,12 @@ void check_variants(comm::Communicator& world, const std::vector<test::NamedCase
         config.overlap_chunks = v.chunks;
         config.exchange = v.exchange;
         config.wire = v.wire;
+        config.ranks_per_node = v.ranks_per_node;
         const test::LayerRun run = test::run_layer_case(world, lc, config);
         const bool exact_wire = v.wire == WireFormat::fp32;
         const double to_reference = exact_wire ? 1e-5 : 1e-2;
-        // fp32 variants differ from the plain run only in GEMM blocking (rows per call).
+        // fp32 variants differ from the plain run only in GEMM blocking (rows per call), and the
+        // hierarchical exchange in the order it adds a token's weighted outputs.
         const double to_plain = exact_wire ? 1e-6 : 1e-2;
         const bool relu_bf16 = !exact_wire && lc.config.activation == experts::Activation::relu;
         const double grad_to_reference = relu_bf16 ? test::kReluBf16GradientBound : to_reference;
@@ -102,7 +108,7 @@ void check_variants(comm::Communicator& world, const std::vector<test::NamedCase
 
 }  // namespace
 
-TEST_CASE("chunks, auto chunks and the padded exchange compute the same layer",
+TEST_CASE("chunks, auto chunks, the padded and the hierarchical exchange compute the same layer",
           "[layer][execution]") {
   auto world = comm::MpiCommunicator::world();
   check_variants(*world, test::standard_cases(world->size()), kExactVariants);
@@ -176,4 +182,13 @@ TEST_CASE("execution options are validated", "[config][execution]") {
   c.exchange = ExchangeKind::padded;
   c.capacity_factor = 0;
   CHECK_THROWS_WITH(c.validate(), Catch::StartsWith("exchange=padded needs a capacity"));
+  c.capacity_factor = 1;
+  c.exchange = ExchangeKind::hierarchical;
+  c.overlap_chunks = 0;
+  CHECK_THROWS_WITH(c.validate(), "exchange=hierarchical runs the whole pass as one chunk: set overlap_chunks=1 (it is auto)");
+  c.overlap_chunks = 1;
+  c.wire = WireFormat::bf16;
+  CHECK_THROWS_WITH(c.validate(), Catch::StartsWith("exchange=hierarchical sends fp32 rows"));
+  c.wire = WireFormat::fp32;
+  CHECK_NOTHROW(c.validate());
 }

@@ -43,7 +43,8 @@ TEST_CASE("steady-state forward and backward allocate nothing", "[layer][allocat
                            Setting{"chunks=3,bf16,score", 3, ExchangeKind::variable, WireFormat::bf16, DropPolicy::score},
                            Setting{"padded,chunks=2", 2, ExchangeKind::padded, WireFormat::fp32, DropPolicy::position},
                            Setting{"compute=bf16,chunks=2,shared expert", 2, ExchangeKind::variable,
-                                   WireFormat::bf16, DropPolicy::position, Compute::bf16, 48}}) {
+                                   WireFormat::bf16, DropPolicy::position, Compute::bf16, 48},
+                           Setting{"hierarchical", 1, ExchangeKind::hierarchical, WireFormat::fp32, DropPolicy::position}}) {
     DYNAMIC_SECTION(s.name) {
       MoeConfig config;
       config.num_experts = 4 * world->size();
@@ -57,6 +58,7 @@ TEST_CASE("steady-state forward and backward allocate nothing", "[layer][allocat
       config.drop_policy = s.policy;
       config.compute = s.compute;
       config.d_shared_hidden = s.shared_hidden;
+      config.ranks_per_node = 1;  // every rank a node: the hierarchical exchange's relays all work
       MoeLayer layer(config, *world);
       init_parameters(layer, 3);
       const std::int64_t tokens = 200 + 37 * world->rank();
