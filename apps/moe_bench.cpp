@@ -22,9 +22,11 @@
 #include "apps/layer_options.hpp"
 #include "apps/link_options.hpp"
 #include "apps/mpi_program.hpp"
+#include "apps/trace_options.hpp"
 #include "experts/gemm_floor.hpp"
 #include "runtime/initialization.hpp"
 #include "runtime/moe_layer.hpp"
+#include "runtime/trace.hpp"
 #include "runtime/wire_format.hpp"
 
 namespace po = boost::program_options;
@@ -36,6 +38,7 @@ struct Options {
   apps::LayerOptions layer;
   apps::ExecutionOptions execution;
   apps::LinkOptions link;
+  apps::TraceOptions trace;
   std::int64_t tokens = 2048;
   int iters = 20;
   int warmup = 3;
@@ -64,6 +67,7 @@ std::optional<Options> parse_options(int argc, char** argv, int rank) {
   apps::add_layer_options(desc, o.layer);
   apps::add_execution_options(desc, o.execution);
   apps::add_link_options(desc, o.link);
+  apps::add_trace_options(desc, o.trace);
   po::variables_map vm;
   po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
   if (vm.count("help")) {
@@ -74,6 +78,7 @@ std::optional<Options> parse_options(int argc, char** argv, int rank) {
   apps::finish_layer_options(o.layer);
   apps::finish_execution_options(o.execution, o.layer.config);
   apps::finish_link_options(o.link);
+  apps::finish_trace_options(o.trace);
   if (o.tokens < 0) throw apps::UsageError("--tokens must be >= 0");
   if (o.iters < 1) throw apps::UsageError("--iters must be >= 1");
   if (o.warmup < 0) throw apps::UsageError("--warmup must be >= 0");
@@ -89,8 +94,11 @@ double median(std::vector<double> v) {
 }
 
 using Clock = std::chrono::steady_clock;
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
+// Seconds since `start`; the interval is also an event of the trace, when one is recorded.
+double seconds_since(Clock::time_point start, const char* trace_name) {
+  const auto now = Clock::now();
+  trace::record(trace_name, "bench", start, now);
+  return std::chrono::duration<double>(now - start).count();
 }
 
 // Medians (ms) of one series per named quantity.
@@ -208,16 +216,17 @@ int bench(comm::MpiCommunicator& world, const Options& o) {
   double gemm_fwd_flops = 0, gemm_bwd_flops = 0;
   std::optional<RawAlltoallv> raw;
   const std::int64_t row_bytes = d * static_cast<std::int64_t>(sizeof(float));
+  apps::start_trace(o.trace, world);
   for (int i = 0; i < o.warmup + o.iters; ++i) {
     // Layer: forward then backward, each timed on every rank; the slowest rank counts.
     world.barrier();
     auto start = Clock::now();
     const ForwardResult& r = layer.forward(x, y, ctx);
-    double t[2 + 2 * kNumPhases] = {seconds_since(start), 0};
+    double t[2 + 2 * kNumPhases] = {seconds_since(start, "forward"), 0};
     if (!o.forward_only) {
       start = Clock::now();
       layer.backward(x, dy, dx, ctx);
-      t[1] = seconds_since(start);
+      t[1] = seconds_since(start, "backward");
     }
     std::copy(r.stats.phase_seconds.begin(), r.stats.phase_seconds.end(), t + 2);
     std::copy(ctx.backward_phase_seconds().begin(), ctx.backward_phase_seconds().end(),
@@ -237,17 +246,17 @@ int bench(comm::MpiCommunicator& world, const Options& o) {
     world.barrier();
     start = Clock::now();
     gemm_fwd_flops = experts::run_forward_gemms(layer.experts(), rows, gemm_ws);
-    floor_t[0] = seconds_since(start);
+    floor_t[0] = seconds_since(start, "floor: forward GEMMs");
     if (!o.forward_only) {
       start = Clock::now();
       gemm_bwd_flops = experts::run_backward_gemms(layer.experts(), rows, gemm_ws);
-      floor_t[1] = seconds_since(start);
+      floor_t[1] = seconds_since(start, "floor: backward GEMMs");
     }
     if (!raw) raw.emplace(world, o.link.enabled() ? &ep : nullptr, r.stats, row_bytes);
     world.barrier();
     start = Clock::now();
     raw->run();
-    floor_t[2] = seconds_since(start);
+    floor_t[2] = seconds_since(start, "floor: plain all-to-all");
     world.allreduce(std::span<double>(floor_t), comm::ReduceOp::max);
     if (i < o.warmup) continue;
 
@@ -265,6 +274,7 @@ int bench(comm::MpiCommunicator& world, const Options& o) {
     series.add("raw_alltoallv", floor_t[2]);
   }
 
+  apps::finish_trace(o.trace, world, "moe-bench");
   const ForwardStats& stats = ctx.result().stats;
   const LoadFigures load = load_figures(world, layer, stats);
   if (rank != 0) return 0;
