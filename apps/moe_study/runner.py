@@ -47,13 +47,15 @@ def _flatten(result):
     return row
 
 
-def run_point(point, bench, mpirun, mpirun_args, repeats, timeout=600):
-    """Runs one point `repeats` times; returns the JSONL record (status ok or failed)."""
+def run_point(point, bench, mpirun, mpirun_args, repeats, timeout=600, trace_path=None):
+    """Runs one point `repeats` times; returns the JSONL record (status ok or failed). With
+    trace_path, the first repeat also writes its timeline there (moe-bench --trace)."""
     cmd = command(point, bench, mpirun, mpirun_args)
     runs, started = [], time.time()
-    for _ in range(repeats):
+    for repeat in range(repeats):
+        traced = cmd + ["--trace", trace_path] if trace_path and repeat == 0 else cmd
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+            proc = subprocess.run(traced, capture_output=True, text=True, timeout=timeout,
                                   env=mpi_environment())
         except subprocess.TimeoutExpired:
             return _failed(point, cmd, f"timed out after {timeout} s", started)
@@ -76,6 +78,7 @@ def run_point(point, bench, mpirun, mpirun_args, repeats, timeout=600):
                for stat, fn in (("median", statistics.median), ("min", min), ("max", max))}
     return {"key": point.key, "status": "ok", "study": point.study, "params": point.params,
             "ranks": point.ranks, "flags": point.flags, "command": cmd, "repeats": len(runs),
+            "trace": trace_path,
             "wall_s": round(time.time() - started, 3), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **summary, "runs": runs}
 
@@ -124,8 +127,11 @@ def run_grid(grid, out_dir, bench, mpirun="mpirun", log=sys.stderr):
     print(f"moe-sweep: {len(points)} points, {len(points) - len(todo)} already in {jsonl}, "
           f"{len(todo)} to run ({grid.repeats} repeats each)", file=log, flush=True)
     started, ran, failed = time.time(), 0, 0
+    if grid.trace:
+        os.makedirs(os.path.join(out_dir, "traces"), exist_ok=True)
     for i, point in enumerate(todo, 1):
-        rec = run_point(point, bench, mpirun, grid.mpirun, grid.repeats)
+        trace = os.path.join(out_dir, "traces", point.key + ".json") if grid.trace else None
+        rec = run_point(point, bench, mpirun, grid.mpirun, grid.repeats, trace_path=trace)
         append_record(jsonl, rec)
         ran += 1
         elapsed = time.time() - started
