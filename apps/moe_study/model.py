@@ -13,8 +13,10 @@
             bytes = max(sent, received) to other ranks = rows_max * (P-1)/P * d * wire_bytes. On a
             cluster a rank's peers are split into its node (G-1 of them, link class "intra") and
             other nodes (P-G, class "inter"), which move in parallel: the slower class counts.
-  pipeline  with C chunks, a pass's exchange X (2 C alpha + bytes/beta) and compute K overlap as a
-            two-stage pipeline: X/C + K/C + (C-1) * max(X/C, K/C).
+  pipeline  with C chunks, a pass's exchange X (2 (alpha - lat + C lat) + bytes/beta, lat the link's
+            own latency when known, else alpha: the wait for the slowest rank is paid once per
+            pass, the latency per chunk) and compute K overlap as a two-stage pipeline:
+            X/C + K/C + (C-1) * max(X/C, K/C).
   other     router, permutations, activations, combine, and the small collectives (counts,
             statistics): g0 + gp [P > 1] + g1 * rows_max * (2d + h) (the last scaled by the
             oversubscription like the GEMMs), fitted on what is left of the measured step.
@@ -73,6 +75,12 @@ def other_elements(x):
     return rows_max(x) * (2 * x["d"] + x["h"])
 
 
+def _nominal_latency(cls):
+    """The simulated link's own latency per operation (s), or None for a real link."""
+    m = re.match(r"sim [0-9.e+-]+ GB/s ([0-9.e+-]+) us", cls)
+    return float(m.group(1)) * 1e-6 if m else None
+
+
 def _nominal_beta(cls):
     m = re.match(r"sim ([0-9.e+-]+) GB/s", cls)
     return float(m.group(1)) * 1e9 if m and float(m.group(1)) > 0 else None
@@ -116,6 +124,20 @@ def _nonnegative_lstsq(A, y, names):
         worst = min(negative, key=lambda nm: p[nm][0])
         active.remove(names.index(worst))
     return {nm: p.get(nm, (0.0, math.nan)) for nm in names}, rms, n
+
+
+def per_exchange_cost(link, chunks):
+    """Fixed cost of one of a pass's two exchanges split into `chunks` operations.
+
+    alpha, fitted on one-chunk runs, holds the link's latency and the wait for the slowest rank to
+    arrive. Only the latency is paid again by each chunk: the chunks' operations queue on the
+    communication thread behind each other, without the ranks meeting again in between. Where the
+    latency is known (a simulated link's) the rest of alpha is paid once; otherwise all of alpha is
+    taken as latency."""
+    latency = link.get("latency")
+    if latency is None or latency > link["alpha"]:
+        return chunks * link["alpha"]
+    return link["alpha"] - latency + chunks * latency
 
 
 class Model:
@@ -185,7 +207,7 @@ class Model:
                 note = " (beta fixed at the simulated link's)"
             else:
                 continue
-            self.links[cls] = {"alpha": alpha, "beta": 1 / inv_b}
+            self.links[cls] = {"alpha": alpha, "beta": 1 / inv_b, "latency": _nominal_latency(cls)}
             self.fit_report.append((f"alpha [{cls}]", alpha * 1e6, alpha_se * 1e6, "us per exchange" + note))
             self.fit_report.append((f"beta [{cls}]", 1 / inv_b / 1e9, beta_se / 1e9, "GB/s per direction"))
             self.fit_quality[f"exchange {cls}"] = (rms, n)
@@ -234,7 +256,7 @@ class Model:
             K = gemm * share
             if x["P"] > 1:
                 lk = link or self.link_for(x["link"])
-                X = 2 * C * lk["alpha"] + pass_link_bytes(x) / lk["beta"]
+                X = 2 * per_exchange_cost(lk, C) + pass_link_bytes(x) / lk["beta"]
             else:
                 X = 0.0
             exch_total += X
