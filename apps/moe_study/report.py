@@ -83,7 +83,8 @@ def write_report(path, grid, results, info, timing, cores, analysis, plot_paths,
               "in <https://ui.perfetto.dev> or `chrome://tracing`). Keys are in `results.csv`.", ""]
     if cores and any(p.ranks > cores for p in grid.unique_points()):
         L += [f"Runs with more ranks than the {cores} cores share cores (oversubscribed): their compute "
-              "slows by ranks/cores, which is what they show, not a property of the layer.", ""]
+              "slows by ranks/cores or more (the model fits how much, phi), which is what they show, not a "
+              "property of the layer.", ""]
     for study, (kind, axes, points) in grid.points_by_study.items():
         L += [f"## Study `{study}` ({kind})", ""]
         vary = [a for a in axes if len({str(p.params.get(a)) for p in points}) > 1] or axes
