@@ -14,9 +14,11 @@ namespace {
 
 using nlohmann::json;
 
-// Ping-pong rounds per rank: the shortest round trip of these bounds the offset's error. A few
-// suffice on a quiet link; more only help when the first ones meet a descheduled rank.
-constexpr int kAlignmentRounds = 8;
+// Ping-pong rounds per rank: the shortest round trip bounds the offset's error. At least
+// kMinRounds; then more while the best keeps improving (on a loaded machine a descheduled rank
+// makes most round trips long), until kPatience rounds in a row bring nothing better or
+// kMaxRounds are done.
+constexpr int kMinRounds = 8, kPatience = 8, kMaxRounds = 64;
 
 // Thread ids of rank r are (r + 1) * kTidsPerRank + lane (the lanes of trace::start).
 constexpr std::int64_t kTidsPerRank = 1000;
@@ -43,22 +45,44 @@ void send_one(comm::Communicator& world, int from, int to, std::int64_t& value) 
   if (world.rank() == to) value = received;
 }
 
+// Rank 0 tells every other rank whether another round follows; returns what it said.
+bool another_round(comm::Communicator& world, bool go_on) {
+  const auto size = static_cast<std::size_t>(world.size());
+  std::vector<std::size_t> out(size, 0), in(size, 0);
+  if (world.rank() == 0) {
+    for (std::size_t p = 1; p < size; ++p) out[p] = sizeof(std::int64_t);
+  } else {
+    in[0] = sizeof(std::int64_t);
+  }
+  const std::vector<std::int64_t> flags(size, go_on ? 1 : 0);
+  std::int64_t received = flags[0];
+  world.alltoallv(reinterpret_cast<const std::byte*>(flags.data()), out,
+                  reinterpret_cast<std::byte*>(&received), in);
+  return received != 0;
+}
+
 Offsets measure_offsets(comm::Communicator& world) {
   const int size = world.size(), rank = world.rank();
   // [offset of each rank, error of each rank], filled on rank 0, then summed to everyone.
   std::vector<std::int64_t> found(2 * static_cast<std::size_t>(size), 0);
   for (int r = 1; r < size; ++r) {
     std::int64_t best_trip = -1;
-    for (int round = 0; round < kAlignmentRounds; ++round) {
-      std::int64_t value = 0;
+    int rounds = 0, since_best = 0;
+    while (true) {
+      const bool go_on = (rounds < kMinRounds || since_best < kPatience) && rounds < kMaxRounds;
       const auto sent = Clock::now();
-      send_one(world, 0, r, value);  // the ping
-      if (rank == r) value = nanoseconds(Clock::now());
+      if (!another_round(world, rank == 0 && go_on)) break;  // also the ping to rank r
+      std::int64_t value = rank == r ? nanoseconds(Clock::now()) : 0;
       send_one(world, r, 0, value);  // the answer: r's reading
+      ++rounds;
       if (rank != 0) continue;
       const std::int64_t trip = nanoseconds(Clock::now()) - nanoseconds(sent);
-      if (best_trip >= 0 && trip >= best_trip) continue;
+      if (best_trip >= 0 && trip >= best_trip) {
+        ++since_best;
+        continue;
+      }
       best_trip = trip;
+      since_best = 0;
       found[static_cast<std::size_t>(r)] = value - (nanoseconds(sent) + trip / 2);
       found[static_cast<std::size_t>(size + r)] = (trip + 1) / 2;
     }
@@ -166,8 +190,8 @@ TraceSummary write_trace(comm::Communicator& world, const std::string& path) {
                        {"events", part["recorded"]}, {"dropped_events", part["dropped"]}});
     }
     file["otherData"] = {
-        {"clock_alignment", "ping-pong with rank 0, shortest of " + std::to_string(kAlignmentRounds) +
-                                " round trips; error = half that round trip"},
+        {"clock_alignment", "ping-pong with rank 0, shortest of " + std::to_string(kMinRounds) + " to " +
+                                std::to_string(kMaxRounds) + " round trips; error = half that round trip"},
         {"ranks", ranks}};
     std::ofstream out(path, std::ios::trunc);
     out << file.dump() << "\n";
