@@ -25,9 +25,11 @@
 #include "apps/link_options.hpp"
 #include "apps/node_spread.hpp"
 #include "apps/mpi_program.hpp"
+#include "apps/trace_options.hpp"
 #include "experts/gemm_floor.hpp"
 #include "runtime/initialization.hpp"
 #include "runtime/moe_layer.hpp"
+#include "runtime/trace.hpp"
 #include "runtime/wire_format.hpp"
 
 namespace po = boost::program_options;
@@ -39,6 +41,7 @@ struct Options {
   apps::LayerOptions layer;
   apps::ExecutionOptions execution;
   apps::LinkOptions link;
+  apps::TraceOptions trace;
   std::int64_t tokens = 2048;
   int iters = 20;
   int warmup = 3;
@@ -71,6 +74,7 @@ std::optional<Options> parse_options(int argc, char** argv, int rank) {
   apps::add_layer_options(desc, o.layer);
   apps::add_execution_options(desc, o.execution);
   apps::add_link_options(desc, o.link);
+  apps::add_trace_options(desc, o.trace);
   po::variables_map vm;
   po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
   if (vm.count("help")) {
@@ -81,6 +85,7 @@ std::optional<Options> parse_options(int argc, char** argv, int rank) {
   apps::finish_layer_options(o.layer);
   apps::finish_execution_options(o.execution, o.layer.config);
   apps::finish_link_options(o.link);
+  apps::finish_trace_options(o.trace);
   if (o.tokens < 0) throw apps::UsageError("--tokens must be >= 0");
   if (o.iters < 1) throw apps::UsageError("--iters must be >= 1");
   if (o.warmup < 0) throw apps::UsageError("--warmup must be >= 0");
@@ -96,8 +101,11 @@ double median(std::vector<double> v) {
 }
 
 using Clock = std::chrono::steady_clock;
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
+// Seconds since `start`; the interval is also an event of the trace, when one is recorded.
+double seconds_since(Clock::time_point start, const char* trace_name) {
+  const auto now = Clock::now();
+  trace::record(trace_name, "bench", start, now);
+  return std::chrono::duration<double>(now - start).count();
 }
 
 // Medians (ms) of one series per named quantity.
@@ -221,11 +229,11 @@ nlohmann::json measure(comm::MpiCommunicator& world, const Options& o, const Moe
     auto start = Clock::now();
     const ForwardResult& r = layer.forward(x, y, ctx);
     enum Extra { count_exchange, fill, bwd_fill, fwd_outside, bwd_outside, num_extra };
-    double t[2 + 2 * kNumPhases + num_extra] = {seconds_since(start), 0};
+    double t[2 + 2 * kNumPhases + num_extra] = {seconds_since(start, "forward"), 0};
     if (!o.forward_only) {
       start = Clock::now();
       layer.backward(x, dy, dx, ctx);
-      t[1] = seconds_since(start);
+      t[1] = seconds_since(start, "backward");
     }
     std::copy(r.stats.phase_seconds.begin(), r.stats.phase_seconds.end(), t + 2);
     std::copy(ctx.backward_phase_seconds().begin(), ctx.backward_phase_seconds().end(),
@@ -256,17 +264,17 @@ nlohmann::json measure(comm::MpiCommunicator& world, const Options& o, const Moe
     world.barrier();
     start = Clock::now();
     gemm_fwd_flops = experts::run_forward_gemms(layer.experts(), rows, gemm_ws, c.compute);
-    floor_t[0] = seconds_since(start);
+    floor_t[0] = seconds_since(start, "floor: forward GEMMs");
     if (!o.forward_only) {
       start = Clock::now();
       gemm_bwd_flops = experts::run_backward_gemms(layer.experts(), rows, gemm_ws, c.compute);
-      floor_t[1] = seconds_since(start);
+      floor_t[1] = seconds_since(start, "floor: backward GEMMs");
     }
     if (!raw) raw.emplace(world, o.link.enabled() ? &ep : nullptr, r.stats, row_bytes);
     world.barrier();
     start = Clock::now();
     raw->run();
-    floor_t[2] = seconds_since(start);
+    floor_t[2] = seconds_since(start, "floor: plain all-to-all");
     world.allreduce(std::span<double>(floor_t), comm::ReduceOp::max);
     if (i < o.warmup) continue;
 
@@ -440,6 +448,7 @@ void print_comparison(const nlohmann::json& a, const nlohmann::json& b) {
 
 int bench(comm::MpiCommunicator& world, const Options& o) {
   apps::apply_watchdog(o.execution, world);
+  apps::start_trace(o.trace, world);  // with --compare-compute, both measurements in one timeline
   nlohmann::json j = measure(world, o, o.layer.config);
   nlohmann::json other;
   if (o.compare_compute) {
@@ -447,6 +456,7 @@ int bench(comm::MpiCommunicator& world, const Options& o) {
     c.compute = c.compute == experts::Compute::fp32 ? experts::Compute::bf16 : experts::Compute::fp32;
     other = measure(world, o, c);
   }
+  apps::finish_trace(o.trace, world, "moe-bench");
   if (world.rank() != 0) return 0;
   if (o.compare_compute) {
     const double first = j["fwd_ms"].get<double>() + j["bwd_ms"].get<double>();

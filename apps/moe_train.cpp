@@ -3,6 +3,7 @@
 // exactly and load on another number of ranks.
 //
 //   mpirun -np 2 moe-train [--steps N] [--ep-size P] [--save DIR] [--resume DIR] [--json FILE]
+//                          [--trace FILE]
 //
 // The job has ep_size x dp_size ranks; the batch (tokens per step, whole job) is split evenly
 // over them. By default a dense baseline with the same active parameters per token trains on the
@@ -19,6 +20,7 @@
 #include "apps/execution_options.hpp"
 #include "apps/layer_options.hpp"
 #include "apps/mpi_program.hpp"
+#include "apps/trace_options.hpp"
 #include "apps/trainer.hpp"
 #include "runtime/error.hpp"
 
@@ -31,6 +33,7 @@ namespace {
 struct Options {
   apps::LayerOptions layer;
   apps::ExecutionOptions execution;
+  apps::TraceOptions trace;
   apps::TrainOptions train;
   std::string baseline = "dense";
   std::string json_path;
@@ -85,6 +88,7 @@ std::optional<Options> parse_options(int argc, char** argv, const comm::Communic
       ("json", po::value(&o.json_path), "also write progress and the summary as JSON lines to FILE");
   apps::add_layer_options(desc, o.layer);
   apps::add_execution_options(desc, o.execution);
+  apps::add_trace_options(desc, o.trace);
   po::variables_map vm;
   po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
   if (vm.count("help")) {
@@ -94,6 +98,7 @@ std::optional<Options> parse_options(int argc, char** argv, const comm::Communic
   po::notify(vm);
   apps::finish_layer_options(o.layer);
   apps::finish_execution_options(o.execution, o.layer.config);
+  apps::finish_trace_options(o.trace);
   t.model.layer = o.layer.config;
   t.task.d_model = o.layer.config.d_model;
   t.task.d_out = t.model.d_out;
@@ -257,7 +262,9 @@ int run(comm::MpiCommunicator& world, const Options& o) {
                 static_cast<long long>(o.train.steps));
     std::fflush(stdout);
   }
+  apps::start_trace(o.trace, world);  // the MoE model's training only, not the dense baseline
   const apps::RunResult moe = apps::train(world, o.train, report);
+  apps::finish_trace(o.trace, world, "moe-train");
 
   std::optional<apps::RunResult> dense;
   if (o.baseline == "dense") {

@@ -7,6 +7,7 @@
 #include "runtime/checkpoint.hpp"
 #include "runtime/config_fields.hpp"
 #include "runtime/error.hpp"
+#include "runtime/trace.hpp"
 
 namespace moe::apps {
 namespace {
@@ -284,7 +285,8 @@ std::string save_step(comm::Communicator& world, const TrainOptions& o, TrainMod
 }
 
 // Collective. Training step `step` (0-based) on this rank's share of the batch: forward, the
-// selection-bias update, backward, gradient reduction and Adam; adds each phase's time.
+// selection-bias update, backward, gradient reduction and Adam; adds each phase's time (and
+// records it in the trace, when one is being recorded).
 ForwardSummary train_step(comm::Communicator& world, const TrainOptions& o, const SyntheticTask& task,
                           TrainModel& model, Adam& adam, std::int64_t step, Batch& batch,
                           PhaseTimes& times) {
@@ -292,18 +294,23 @@ ForwardSummary train_step(comm::Communicator& world, const TrainOptions& o, cons
   const auto t0 = Clock::now();
   task.make_batch("train", step * o.batch + world.rank() * per_rank, per_rank, batch);
   const auto t1 = Clock::now();
+  trace::record("data", "step", t0, t1);
   const ForwardSummary s = model.forward(batch.x, batch.target, per_rank * o.ep_size);
   model.update_selection_biases();  // the routing of this step is already decided
   const auto t2 = Clock::now();
+  trace::record("forward", "step", t1, t2);
   model.backward();
   const auto t3 = Clock::now();
+  trace::record("backward", "step", t2, t3);
   model.reduce_gradients();
   const auto t4 = Clock::now();
+  trace::record("reduce gradients", "step", t3, t4);
   const double done = static_cast<double>(step + 1);
   const double warmup = o.warmup_steps > 0 ? std::min(1.0, done / static_cast<double>(o.warmup_steps)) : 1.0;
   adam.step(o.adam.lr * warmup);
   model.parameters_changed();
   const auto t5 = Clock::now();
+  trace::record("optimizer step", "step", t4, t5);
   auto seconds = [](Clock::time_point a, Clock::time_point b) {
     return std::chrono::duration<double>(b - a).count();
   };

@@ -3,6 +3,8 @@
 #include <chrono>
 #include <stdexcept>
 
+#include "runtime/trace.hpp"
+
 namespace moe {
 
 ExchangeWorker::ExchangeWorker(comm::Communicator& comm)
@@ -51,6 +53,7 @@ double ExchangeWorker::take_busy_seconds() {
 }
 
 void ExchangeWorker::run() {
+  trace::name_thread("communication");
   std::unique_lock lock(mutex_);
   while (true) {
     posted_cv_.wait(lock, [&] { return stop_ || posted_ > done_; });
@@ -68,9 +71,10 @@ void ExchangeWorker::run() {
         error_ = std::current_exception();
       }
     }
-    const auto busy = std::chrono::steady_clock::now() - start;
+    const auto end = std::chrono::steady_clock::now();
+    trace::record(task.context.phase, "exchange", start, end, task.chunk);
     lock.lock();
-    busy_seconds_ += std::chrono::duration<double>(busy).count();
+    busy_seconds_ += std::chrono::duration<double>(end - start).count();
     ++done_;
     done_cv_.notify_all();
   }

@@ -29,7 +29,8 @@ class ExchangeWorker {
     std::span<const std::size_t> send_bytes;
     std::byte* recv = nullptr;
     std::span<const std::size_t> recv_bytes;
-    comm::OperationContext context;  // for the watchdog's diagnostic
+    comm::OperationContext context;  // for the watchdog's diagnostic; its phase names the trace event
+    int chunk = -1;                  // the pipeline chunk, for the trace
   };
 
   explicit ExchangeWorker(comm::Communicator& comm);

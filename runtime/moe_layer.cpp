@@ -196,7 +196,7 @@ std::size_t MoeLayer::wire_row_bytes() const {
 const ForwardResult& MoeLayer::forward(std::span<const float> x, std::span<float> y,
                                        ForwardContext& ctx) {
   ++calls_;
-  PhaseTimer clock(ctx.result_.stats.phase_seconds);
+  PhaseTimer clock(ctx.result_.stats.phase_seconds, "forward");
   const std::string late_error = plan_dispatch(x, y, ctx);
   clock.lap(Phase::route);
 
@@ -269,7 +269,7 @@ void MoeLayer::backward(std::span<const float> x, std::span<const float> dy, std
   set_phase("backward: agree on inputs");
   agree_on_errors(comm_, local_error);
 
-  PhaseTimer clock(ctx.backward_seconds_);
+  PhaseTimer clock(ctx.backward_seconds_, "backward");
   shared_offsets_ = {0, plan.num_tokens};
   const auto shared_backward = [&] {
     if (!config_.has_shared_expert()) return;
@@ -369,13 +369,13 @@ double MoeLayer::run_pipeline(ForwardContext& ctx, const std::byte* send, std::b
     comm_.alltoallv(send, out_bytes(0), recv, in_bytes(0));
     const auto dispatched = Clock::now();
     fill_seconds = std::chrono::duration<double>(dispatched - start).count();
-    timer.lap(Phase::exchange);
+    timer.lap(Phase::exchange, 0);
     work(*this, ctx, 0);
-    timer.lap(Phase::experts);
+    timer.lap(Phase::experts, 0);
     const auto back_start = Clock::now();
     comm_.set_context(back_context);
     comm_.alltoallv(recv, in_bytes(0), returned, out_bytes(0));
-    timer.lap(Phase::exchange_back);
+    timer.lap(Phase::exchange_back, 0);
     return std::chrono::duration<double>(dispatched - start).count() +
            std::chrono::duration<double>(Clock::now() - back_start).count();
   }
@@ -387,18 +387,18 @@ double MoeLayer::run_pipeline(ForwardContext& ctx, const std::byte* send, std::b
   tickets_.resize(static_cast<std::size_t>(2 * chunks));
   for (int c = 0; c < chunks; ++c) {
     tickets_[static_cast<std::size_t>(c)] =
-        worker_->post({send + send_at(c), out_bytes(c), recv + recv_at(c), in_bytes(c), out_context});
+        worker_->post({send + send_at(c), out_bytes(c), recv + recv_at(c), in_bytes(c), out_context, c});
   }
   in_flight();
   for (int c = 0; c < chunks; ++c) {
     const auto waiting = Clock::now();
     worker_->wait(tickets_[static_cast<std::size_t>(c)]);
     if (c == 0) fill_seconds = std::chrono::duration<double>(Clock::now() - waiting).count();
-    timer.lap(Phase::exchange);
+    timer.lap(Phase::exchange, c);
     work(*this, ctx, c);
-    timer.lap(Phase::experts);
+    timer.lap(Phase::experts, c);
     tickets_[static_cast<std::size_t>(chunks + c)] =
-        worker_->post({recv + recv_at(c), in_bytes(c), returned + send_at(c), out_bytes(c), back_context});
+        worker_->post({recv + recv_at(c), in_bytes(c), returned + send_at(c), out_bytes(c), back_context, c});
   }
   for (int c = 0; c < chunks; ++c) worker_->wait(tickets_[static_cast<std::size_t>(chunks + c)]);
   timer.lap(Phase::exchange_back);

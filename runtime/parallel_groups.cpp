@@ -4,6 +4,7 @@
 
 #include "runtime/error.hpp"
 #include "runtime/moe_layer.hpp"
+#include "runtime/trace.hpp"
 
 namespace moe {
 
@@ -36,6 +37,7 @@ void reduce(comm::Communicator& group, std::span<float> values, float scale) {
 }  // namespace
 
 void reduce_gradients(MoeLayer& layer, ParallelGroups& groups, GradReduction reduction) {
+  const trace::Span traced("gradient reduction", "gradients");
   const float dp_scale =
       reduction == GradReduction::mean ? 1.0f / static_cast<float>(groups.dp_size) : 1.0f;
   reduce(*groups.ep, layer.gate_weight_grad(), 1.0f);

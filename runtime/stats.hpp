@@ -9,6 +9,8 @@
 #include <string_view>
 #include <vector>
 
+#include "runtime/trace.hpp"
+
 namespace moe {
 
 enum class Phase { route, permute, exchange, experts, exchange_back, combine };
@@ -74,21 +76,30 @@ struct ForwardStats {
   double seconds(Phase phase) const { return phase_seconds[static_cast<std::size_t>(phase)]; }
 };
 
-// Zeroes a set of phase times, then adds the wall time up to each lap() to that lap's phase.
+// Zeroes a set of phase times, then adds the wall time up to each lap() to that lap's phase. Each
+// lap is also an event of the trace when one is being recorded (runtime/trace.hpp): named after the
+// phase, in the category of its pass, so a phase is timed once for both.
 class PhaseTimer {
  public:
-  explicit PhaseTimer(std::array<double, kNumPhases>& seconds) : seconds_(seconds), last_(Clock::now()) {
+  // `pass` ("forward", "backward"): a literal, named in the trace.
+  PhaseTimer(std::array<double, kNumPhases>& seconds, const char* pass)
+      : seconds_(seconds), pass_(pass), last_(Clock::now()) {
     seconds_ = {};
   }
-  void lap(Phase phase) {
+  // `chunk`: the pipeline chunk the lap belongs to, for the trace (-1: none).
+  void lap(Phase phase, int chunk = -1) {
     const auto now = Clock::now();
-    seconds_[static_cast<std::size_t>(phase)] += std::chrono::duration<double>(now - last_).count();
+    const auto index = static_cast<std::size_t>(phase);
+    seconds_[index] += std::chrono::duration<double>(now - last_).count();
+    // kPhaseNames are views of literals: data() is a lasting, terminated string.
+    trace::record(kPhaseNames[index].data(), pass_, last_, now, chunk);
     last_ = now;
   }
 
  private:
-  using Clock = std::chrono::steady_clock;
+  using Clock = trace::Clock;
   std::array<double, kNumPhases>& seconds_;
+  const char* pass_;
   Clock::time_point last_;
 };
 

@@ -5,6 +5,7 @@ Grid file (JSON):
     {"description": "...", "repeats": 3,
      "bench": {"iters": 5, "d-model": 256, ...},       # flags every point gets
      "mpirun": ["--bind-to", "none"],                  # extra mpirun arguments (optional)
+     "trace": true,                                    # traces/<key>.json per point (optional)
      "studies": [{"name": "weak", "kind": "weak",
                   "axes": {"ranks": [1, 2, 4], "tokens": [1024], "experts_per_rank": [2]},
                   "bench": {...}}],                     # flags of this study only (optional)
@@ -111,6 +112,8 @@ class Grid:
             raise GridError(f"{source}: repeats must be >= 1")
         self.bench = dict(data.get("bench", {}))
         self.mpirun = list(data.get("mpirun", []))
+        # Keep a Perfetto timeline (moe-bench --trace) of each point's first repeat.
+        self.trace = bool(data.get("trace", False))
         self.model = dict(data.get("model", {}))
         self.studies = data.get("studies")
         if not self.studies:

@@ -5,15 +5,18 @@
   gemm      expert GEMM flops of the busiest rank / GEMM rate R. Flops per step: 6 * n_mats * rows_max
             * d * h (forward 2 n_mats rows d h; backward twice that), n_mats = 2 (3 for swiglu),
             rows_max = T * k * kept_share * imbalance (imbalance = max/mean kept rows over ranks).
-            With more ranks than cores each rank gets cores/P of a core: the time scales by
-            max(1, P / cores) (1 on a GPU cluster, one GPU per rank).
+            With more ranks than cores the ranks share cores: the time scales by
+            1 + phi * max(0, P / cores - 1), phi fitted (1 would be a fair share of the cores; more
+            when waiting ranks also take CPU, as MPI's polling does), 1 on a GPU cluster.
   exchange  alpha-beta per operation and link class: one pass (forward or backward) makes two
             payload all-to-alls, each costing alpha + bytes / beta on the busiest rank's link, with
             bytes = max(sent, received) to other ranks = rows_max * (P-1)/P * d * wire_bytes. On a
             cluster a rank's peers are split into its node (G-1 of them, link class "intra") and
             other nodes (P-G, class "inter"), which move in parallel: the slower class counts.
-  pipeline  with C chunks, a pass's exchange X (2 C alpha + bytes/beta) and compute K overlap as a
-            two-stage pipeline: X/C + K/C + (C-1) * max(X/C, K/C).
+  pipeline  with C chunks, a pass's exchange X (2 (alpha - lat + C lat) + bytes/beta, lat the link's
+            own latency when known, else alpha: the wait for the slowest rank is paid once per
+            pass, the latency per chunk) and compute K overlap as a two-stage pipeline:
+            X/C + K/C + (C-1) * max(X/C, K/C).
   other     router, permutations, activations, combine, and the small collectives (counts,
             statistics): g0 + gp [P > 1] + g1 * rows_max * (2d + h) (the last scaled by the
             oversubscription like the GEMMs), fitted on what is left of the measured step.
@@ -52,7 +55,7 @@ def features(rec, cores):
     return {
         "P": P, "T": T, "d": d, "h": h, "k": k, "n_mats": n_mats, "kept_share": kept_share,
         "imbalance": imbalance, "wire_bytes": wire_bytes, "chunks": int(med.get("chunks", 1) or 1),
-        "oversub": max(1.0, P / cores), "link": link_class(f),
+        "excess": max(0.0, P / cores - 1.0), "link": link_class(f),
         # The bytes the plan put on the busiest link in one pass (padding included): an outcome of
         # the routing, known before any timing; the formula below is used when it is absent.
         "link_bytes": med.get("link_bytes_max"),
@@ -70,6 +73,12 @@ def step_flops(x):
 def other_elements(x):
     """Elements the element-wise work touches: permute and combine (d per row), activation (h)."""
     return rows_max(x) * (2 * x["d"] + x["h"])
+
+
+def _nominal_latency(cls):
+    """The simulated link's own latency per operation (s), or None for a real link."""
+    m = re.match(r"sim [0-9.e+-]+ GB/s ([0-9.e+-]+) us", cls)
+    return float(m.group(1)) * 1e-6 if m else None
 
 
 def _nominal_beta(cls):
@@ -117,12 +126,27 @@ def _nonnegative_lstsq(A, y, names):
     return {nm: p.get(nm, (0.0, math.nan)) for nm in names}, rms, n
 
 
+def per_exchange_cost(link, chunks):
+    """Fixed cost of one of a pass's two exchanges split into `chunks` operations.
+
+    alpha, fitted on one-chunk runs, holds the link's latency and the wait for the slowest rank to
+    arrive. Only the latency is paid again by each chunk: the chunks' operations queue on the
+    communication thread behind each other, without the ranks meeting again in between. Where the
+    latency is known (a simulated link's) the rest of alpha is paid once; otherwise all of alpha is
+    taken as latency."""
+    latency = link.get("latency")
+    if latency is None or latency > link["alpha"]:
+        return chunks * link["alpha"]
+    return link["alpha"] - latency + chunks * latency
+
+
 class Model:
     """Fitted parameters (SI units: seconds, bytes/s, flop/s) and how to predict with them."""
 
     def __init__(self, cores):
         self.cores = cores
         self.gemm_rate = None          # flop/s per rank
+        self.phi = 1.0                 # slowdown per rank beyond the cores (oversubscription)
         self.links = {}                # class -> {"alpha": s, "beta": B/s}
         self.other = (0.0, 0.0, 0.0)   # g0 [s], gp [s when P > 1], g1 [s per element]
         self.fit_report = []           # (name, value, stderr, unit) rows
@@ -133,13 +157,23 @@ class Model:
         xs = [(features(r, self.cores), r) for r in records]
         if not xs:
             raise ValueError("no points to fit the model on")
-        # GEMM rate: t = flops * oversub / R, one parameter (1/R).
-        A = [[step_flops(x) * x["oversub"]] for x, _ in xs]
+        # GEMM rate and oversubscription: t = flops (1 + phi * excess) / R, linear in 1/R and
+        # phi/R. Without oversubscribed points phi is not measurable: a fair share (1) is assumed.
         y = [(r["median"]["gemm_fwd_ms"] + r["median"]["gemm_bwd_ms"]) / 1e3 for _, r in xs]
-        p, rms, n = _lstsq(A, y, ["inv_rate"])
-        inv, se = p["inv_rate"]
+        if any(x["excess"] > 0 for x, _ in xs):
+            A = [[step_flops(x), step_flops(x) * x["excess"]] for x, _ in xs]
+            p, rms, n = _nonnegative_lstsq(A, y, ["inv_rate", "phi_inv_rate"])
+            inv, se = p["inv_rate"]
+            self.phi = p["phi_inv_rate"][0] / inv
+            phi_se = p["phi_inv_rate"][1] / inv
+        else:
+            p, rms, n = _lstsq([[step_flops(x)] for x, _ in xs], y, ["inv_rate"])
+            inv, se = p["inv_rate"]
+            self.phi, phi_se = 1.0, math.nan
         self.gemm_rate = 1 / inv
         self.fit_report.append(("GEMM rate R", self.gemm_rate / 1e9, se / inv**2 / 1e9, "GFLOP/s per core"))
+        self.fit_report.append(("oversubscription phi", self.phi, phi_se,
+                                "slowdown per rank beyond the cores, per core"))
         self.fit_quality["gemm"] = (rms, n)
 
         # Links: per class, t(pass exchanges) = 2 alpha + bytes / beta (forward and backward both).
@@ -173,7 +207,7 @@ class Model:
                 note = " (beta fixed at the simulated link's)"
             else:
                 continue
-            self.links[cls] = {"alpha": alpha, "beta": 1 / inv_b}
+            self.links[cls] = {"alpha": alpha, "beta": 1 / inv_b, "latency": _nominal_latency(cls)}
             self.fit_report.append((f"alpha [{cls}]", alpha * 1e6, alpha_se * 1e6, "us per exchange" + note))
             self.fit_report.append((f"beta [{cls}]", 1 / inv_b / 1e9, beta_se / 1e9, "GB/s per direction"))
             self.fit_quality[f"exchange {cls}"] = (rms, n)
@@ -188,7 +222,7 @@ class Model:
                 continue
             m = r["median"]
             rest = m["step_ms"] - m["gemm_fwd_ms"] - m["gemm_bwd_ms"] - m["exchange_ms"] - m["bwd_exchange_ms"]
-            A.append([1.0, 1.0 if x["P"] > 1 else 0.0, other_elements(x) * x["oversub"]])
+            A.append([1.0, 1.0 if x["P"] > 1 else 0.0, other_elements(x) * self.slowdown(x)])
             y.append(rest / 1e3)
         if len(A) >= 2:
             p, rms, n = _nonnegative_lstsq(A, y, ["g0", "gp", "g1"])
@@ -202,6 +236,10 @@ class Model:
         return self
 
     # --- prediction ---------------------------------------------------------------------------
+    def slowdown(self, x):
+        """How much slower compute runs when the ranks share cores (1 when they do not)."""
+        return 1.0 + self.phi * x["excess"]
+
     def link_for(self, cls):
         if cls in self.links:
             return self.links[cls]
@@ -209,16 +247,16 @@ class Model:
 
     def predict(self, x, link=None):
         """Breakdown in seconds for one step: gemm, exchange, other, step (after overlap)."""
-        gemm = step_flops(x) * x["oversub"] / self.gemm_rate
+        gemm = step_flops(x) * self.slowdown(x) / self.gemm_rate
         g0, gp, g1 = self.other
-        other = g0 + (gp if x["P"] > 1 else 0.0) + g1 * other_elements(x) * x["oversub"]
+        other = g0 + (gp if x["P"] > 1 else 0.0) + g1 * other_elements(x) * self.slowdown(x)
         C = x["chunks"]
         exch_total, step = 0.0, other
         for share in (1 / 3, 2 / 3):  # forward, backward GEMM shares
             K = gemm * share
             if x["P"] > 1:
                 lk = link or self.link_for(x["link"])
-                X = 2 * C * lk["alpha"] + pass_link_bytes(x) / lk["beta"]
+                X = 2 * per_exchange_cost(lk, C) + pass_link_bytes(x) / lk["beta"]
             else:
                 X = 0.0
             exch_total += X
@@ -287,7 +325,7 @@ def cluster_predict(workload, ranks, preset, gemm_tflops=None):
     out = []
     G = preset["gpus_per_node"]
     for P in ranks:
-        x = dict(workload, P=P, oversub=1.0)
+        x = dict(workload, P=P, excess=0.0)
         rows = rows_max(x)
         peer_bytes = rows * x["d"] * x["wire_bytes"] / P  # to each other rank, per exchange
         intra_peers, inter_peers = min(G, P) - 1, max(0, P - G)

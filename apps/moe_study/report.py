@@ -78,9 +78,13 @@ def write_report(path, grid, results, info, timing, cores, analysis, plot_paths,
     L += ["", f"Grid: `{grid.source}`, {len(grid.unique_points())} points × {grid.repeats} repeats. "
           f"This invocation ran {timing['ran']} new points in {timing['wall_s']:.0f} s"
           + (f" ({timing['failed']} failed)" if timing["failed"] else "") + f"; the points' own run times add up to {timing['points_s']:.0f} s.", ""]
+    if grid.trace:
+        L += ["Timelines: `traces/<key>.json`, the first repeat of each point (`moe-bench --trace`; open "
+              "in <https://ui.perfetto.dev> or `chrome://tracing`). Keys are in `results.csv`.", ""]
     if cores and any(p.ranks > cores for p in grid.unique_points()):
         L += [f"Runs with more ranks than the {cores} cores share cores (oversubscribed): their compute "
-              "slows by ranks/cores, which is what they show, not a property of the layer.", ""]
+              "slows by ranks/cores or more (the model fits how much, phi), which is what they show, not a "
+              "property of the layer.", ""]
     for study, (kind, axes, points) in grid.points_by_study.items():
         L += [f"## Study `{study}` ({kind})", ""]
         vary = [a for a in axes if len({str(p.params.get(a)) for p in points}) > 1] or axes

@@ -47,43 +47,40 @@ def _flatten(result):
     return row
 
 
-def run_point(point, bench, mpirun, mpirun_args, repeats, timeout=600):
-    """Runs one point `repeats` times; returns the JSONL record (status ok or failed)."""
-    cmd = command(point, bench, mpirun, mpirun_args)
-    runs, started = [], time.time()
-    for _ in range(repeats):
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                                  env=mpi_environment())
-        except subprocess.TimeoutExpired:
-            return _failed(point, cmd, f"timed out after {timeout} s", started)
-        parsed = None
-        for line in reversed(proc.stdout.splitlines()):
-            line = line.strip()
-            if line.startswith("{"):
-                try:
-                    parsed = json.loads(line)
-                    break
-                except json.JSONDecodeError:
-                    pass
-        if proc.returncode != 0 or parsed is None:
-            tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-3:]
-            return _failed(point, cmd, f"exit {proc.returncode}: " + " | ".join(tail), started)
-        runs.append(parsed)
+def run_once(cmd, timeout):
+    """One mpirun of moe-bench: (its --json object, None) or (None, why it failed)."""
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=mpi_environment())
+    except subprocess.TimeoutExpired:
+        return None, f"timed out after {timeout} s"
+    for line in reversed(proc.stdout.splitlines()):
+        line = line.strip()
+        if proc.returncode == 0 and line.startswith("{"):
+            try:
+                return json.loads(line), None
+            except json.JSONDecodeError:
+                pass
+    tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-3:]
+    return None, f"exit {proc.returncode}: " + " | ".join(tail)
+
+
+def summarize(point, cmd, runs, wall_s, trace_path):
+    """The JSONL record of a point whose repeats all ran: medians, min and max, every run."""
     flat = [_flatten(r) for r in runs]
     keys = flat[0].keys()
     summary = {stat: {k: fn([f[k] for f in flat]) for k in keys}
                for stat, fn in (("median", statistics.median), ("min", min), ("max", max))}
     return {"key": point.key, "status": "ok", "study": point.study, "params": point.params,
             "ranks": point.ranks, "flags": point.flags, "command": cmd, "repeats": len(runs),
-            "wall_s": round(time.time() - started, 3), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "trace": trace_path,
+            "wall_s": round(wall_s, 3), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **summary, "runs": runs}
 
 
-def _failed(point, cmd, why, started):
+def _failed(point, cmd, why, wall_s):
     return {"key": point.key, "status": "failed", "study": point.study, "params": point.params,
             "ranks": point.ranks, "flags": point.flags, "command": cmd, "error": why,
-            "wall_s": round(time.time() - started, 3)}
+            "wall_s": round(wall_s, 3)}
 
 
 def load_results(jsonl_path):
@@ -115,31 +112,55 @@ def _fmt_s(seconds):
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
-def run_grid(grid, out_dir, bench, mpirun="mpirun", log=sys.stderr):
-    """Runs every point not yet in out_dir/results.jsonl. Returns (results by key, new points run)."""
+def run_grid(grid, out_dir, bench, mpirun="mpirun", log=sys.stderr, timeout=600):
+    """Runs every point not yet in out_dir/results.jsonl. Returns (results by key, new points run).
+
+    Repeats are interleaved: the first repeat of every point, then the second of every point, and
+    so on, so that a change in the machine's load (other jobs starting or ending) falls on every
+    point alike rather than on the few that happen to run then. A point is written to the JSONL
+    once its last repeat has run; an interrupted sweep reruns the points not yet written."""
     jsonl = os.path.join(out_dir, "results.jsonl")
     done = load_results(jsonl)
     points = grid.unique_points()
     todo = [p for p in points if p.key not in done]
     print(f"moe-sweep: {len(points)} points, {len(points) - len(todo)} already in {jsonl}, "
-          f"{len(todo)} to run ({grid.repeats} repeats each)", file=log, flush=True)
+          f"{len(todo)} to run ({grid.repeats} repeats each, interleaved)", file=log, flush=True)
+    if grid.trace:
+        os.makedirs(os.path.join(out_dir, "traces"), exist_ok=True)
     started, ran, failed = time.time(), 0, 0
-    for i, point in enumerate(todo, 1):
-        rec = run_point(point, bench, mpirun, grid.mpirun, grid.repeats)
-        append_record(jsonl, rec)
-        ran += 1
-        elapsed = time.time() - started
-        eta = elapsed / i * (len(todo) - i)
-        if rec["status"] == "ok":
-            m, lo, hi = rec["median"]["step_ms"], rec["min"]["step_ms"], rec["max"]["step_ms"]
-            what = f"step {m:.2f} ms [{lo:.2f}, {hi:.2f}]"
-            done[point.key] = rec
-        else:
-            failed += 1
-            what = "FAILED: " + rec["error"]
-        print(f"[{i}/{len(todo)}] {point.study}: {point.label()}  {what}  "
-              f"({rec['wall_s']:.1f} s; elapsed {_fmt_s(elapsed)}, ETA {_fmt_s(eta)})",
-              file=log, flush=True)
+    runs = {p.key: [] for p in todo}
+    walls = {p.key: 0.0 for p in todo}
+    broken = set()
+    total, count = len(todo) * grid.repeats, 0
+    for repeat in range(grid.repeats):
+        for i, point in enumerate(todo, 1):
+            if point.key in broken:
+                continue
+            cmd = command(point, bench, mpirun, grid.mpirun)
+            trace = os.path.join(out_dir, "traces", point.key + ".json") if grid.trace else None
+            run_start = time.time()
+            result, why = run_once(cmd + ["--trace", trace] if trace and repeat == 0 else cmd, timeout)
+            walls[point.key] += time.time() - run_start
+            count += 1
+            if result is None:
+                broken.add(point.key)
+                append_record(jsonl, _failed(point, cmd, why, walls[point.key]))
+                ran, failed = ran + 1, failed + 1
+                what = "FAILED: " + why
+            else:
+                runs[point.key].append(result)
+                what = f"step {result['fwd_ms'] + result['bwd_ms']:.2f} ms"
+                if repeat == grid.repeats - 1:
+                    rec = summarize(point, cmd, runs[point.key], walls[point.key], trace)
+                    append_record(jsonl, rec)
+                    done[point.key] = rec
+                    ran += 1
+                    m, lo, hi = rec["median"]["step_ms"], rec["min"]["step_ms"], rec["max"]["step_ms"]
+                    what = f"step {m:.2f} ms [{lo:.2f}, {hi:.2f}]"
+            elapsed = time.time() - started
+            eta = elapsed / count * (total - count)
+            print(f"[repeat {repeat + 1}/{grid.repeats}, {i}/{len(todo)}] {point.study}: {point.label()}  "
+                  f"{what}  (elapsed {_fmt_s(elapsed)}, ETA {_fmt_s(eta)})", file=log, flush=True)
     return done, ran, failed
 
 

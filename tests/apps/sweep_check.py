@@ -3,7 +3,7 @@
 
 Checks that the study directory holds a well-formed JSONL (one ok record per point), CSV (one row
 per study point, numeric figures), PNG and SVG plots, and a report that embeds existing plots and
-states the machine; that forced routing achieved what it asked (balanced 1.0, hot:0,0.5 2.0 with 4
+states the machine; that each point kept its trace; that forced routing achieved what it asked (balanced 1.0, hot:0,0.5 2.0 with 4
 experts); and that a second run resumes: it runs no new point and leaves the JSONL as it was.
 
     sweep_check.py SWEEP_SCRIPT MOE_BENCH GRID WORK_DIR
@@ -55,6 +55,11 @@ def main():
         run0 = r["runs"][0]
         if run0["routing"] != r["flags"]["routing"] or "load_max_over_mean" not in run0:
             fail(f"moe-bench --json lacks routing/load_max_over_mean in {r['key']}")
+        # The grid asks for a timeline per point: a trace-event file with one process per rank.
+        trace = json.load(open(r["trace"]))
+        processes = {e["pid"] for e in trace["traceEvents"] if e["name"] == "process_name"}
+        if len(processes) != r["ranks"]:
+            fail(f"trace of {r['key']} has {len(processes)} processes for {r['ranks']} ranks")
         expected = {"balanced": 1.0, "hot:0,0.5": 2.0}.get(run0["routing"])
         if expected is not None and abs(run0["load_max_over_mean"] - expected) > 1e-9:
             fail(f"routing {run0['routing']} gave load max/mean {run0['load_max_over_mean']}, not {expected}")

@@ -1,7 +1,8 @@
 // After the first call with a given shape, forward and backward allocate no heap memory: every
 // workspace has grown to its size and is reused. Proven by counting every allocation of the
 // process (tests/experts/allocation_counter.hpp: operator new and the C allocation functions) while
-// steady-state calls run, on every thread, the communication thread included.
+// steady-state calls run, on every thread, the communication thread included; also while a trace
+// is being recorded.
 //
 // moe-ep's own code must allocate nothing. oneDNN must allocate no buffer (its scratchpads are
 // the layer's) where its kernels allow it (experts::gemm_allocation_free: brgemm on AVX-512); on
@@ -19,6 +20,7 @@
 #include "experts/gemm.hpp"
 #include "runtime/initialization.hpp"
 #include "runtime/moe_layer.hpp"
+#include "runtime/trace.hpp"
 #include "tests/experts/allocation_counter.hpp"
 
 namespace {
@@ -37,6 +39,7 @@ TEST_CASE("steady-state forward and backward allocate nothing", "[layer][allocat
     DropPolicy policy;
     experts::Compute compute = experts::Compute::fp32;
     std::int64_t shared_hidden = 0;
+    bool traced = false;  // recording a trace (runtime/trace.hpp): its buffers are reserved up front
   };
   using experts::Compute;
   for (const Setting& s : {Setting{"plain", 1, ExchangeKind::variable, WireFormat::fp32, DropPolicy::position},
@@ -44,7 +47,9 @@ TEST_CASE("steady-state forward and backward allocate nothing", "[layer][allocat
                            Setting{"padded,chunks=2", 2, ExchangeKind::padded, WireFormat::fp32, DropPolicy::position},
                            Setting{"compute=bf16,chunks=2,shared expert", 2, ExchangeKind::variable,
                                    WireFormat::bf16, DropPolicy::position, Compute::bf16, 48},
-                           Setting{"hierarchical", 1, ExchangeKind::hierarchical, WireFormat::fp32, DropPolicy::position}}) {
+                           Setting{"hierarchical", 1, ExchangeKind::hierarchical, WireFormat::fp32, DropPolicy::position},
+                           Setting{"chunks=3,traced", 3, ExchangeKind::variable, WireFormat::fp32,
+                                   DropPolicy::position, Compute::fp32, 0, true}}) {
     DYNAMIC_SECTION(s.name) {
       MoeConfig config;
       config.num_experts = 4 * world->size();
@@ -74,11 +79,19 @@ TEST_CASE("steady-state forward and backward allocate nothing", "[layer][allocat
         layer.forward(x, y, ctx);
         layer.backward(x, dy, dx, ctx);
       };
+      if (s.traced) trace::start(1000, 4);
       step();  // warm-up: workspaces grow to this shape
       step();
       const test::AllocationCounts counts = test::allocations_during([&] {
         for (int i = 0; i < 3; ++i) step();
       });
+      if (s.traced) {
+        // Both threads recorded every step (the counter would be blind to a tracer left off).
+        const trace::Recording recording = trace::stop();
+        REQUIRE(recording.threads.size() == 2);
+        CHECK(recording.threads[1].events.size() == 5 * 4 * 3);  // 5 steps, 4 exchanges, 3 chunks
+        CHECK(recording.dropped == 0);
+      }
       // Gather every rank's counts so all ranks check the same thing.
       std::int64_t all[3] = {counts.moe, counts.onednn, counts.onednn_buffers};
       world->allreduce(std::span<std::int64_t>(all), comm::ReduceOp::sum);
