@@ -1,5 +1,5 @@
 // The host launcher of a data-path kernel: op(i) for every i of the index space [0, n), in order.
-// The CUDA launcher (experts/device/launch_cuda.cuh) runs the same op over the same index space,
+// The CUDA launcher (experts/device/launch_device.hpp) runs the same op over the same index space,
 // one index per thread; an op therefore never depends on the order of its indices (each writes
 // only what its own index owns), and the two give the same result.
 #pragma once

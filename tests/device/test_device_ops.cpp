@@ -13,6 +13,7 @@
 #include "experts/activation_kernels.hpp"
 #include "experts/device/activation_ops.hpp"
 #include "experts/device/launch_host.hpp"
+#include "runtime/device/exchange_bytes.hpp"
 #include "runtime/device/permute_ops.hpp"
 #include "runtime/device/router_ops.hpp"
 #include "runtime/dispatch_plan.hpp"
@@ -450,4 +451,36 @@ TEST_CASE("swiglu ops match float64 and the host kernels", "[device-host][activa
   CHECK(relative_error(act, act_ref) <= 1e-5);
   CHECK(relative_error(grad, grad_ref) <= 1e-5);
   CHECK(relative_error(grad_gate, grad_gate_ref) <= 1e-5);
+}
+
+TEST_CASE("a chunk's exchange byte counts tile the chunk's rows in peer order", "[device-host][permute]") {
+  PlannedCase p = planned_case("default");
+  DispatchPlan& plan = p.plan;
+  build_plan(p.config, 2, 0, p.routing.expert, p.tokens, 3, -1, {}, plan);
+  std::vector<std::int64_t> recv_counts(static_cast<std::size_t>(2 * plan.local_experts));
+  for (std::size_t i = 0; i < recv_counts.size(); ++i) recv_counts[i] = static_cast<std::int64_t>(3 * i + 1);
+  set_receive_counts(plan, recv_counts);
+  const std::size_t row_bytes = 4 * static_cast<std::size_t>(p.config.d_model);
+  std::vector<std::size_t> to_peer(2), from_peer(2), sent_to(2, 0), received_from(2, 0);
+  std::size_t sent = 0, received = 0;
+  for (int c = 0; c < plan.num_chunks; ++c) {
+    device::chunk_exchange_bytes(plan, c, row_bytes, to_peer, from_peer);
+    CHECK(to_peer[0] + to_peer[1] == static_cast<std::size_t>(plan.chunk_send_rows(c)) * row_bytes);
+    CHECK(from_peer[0] + from_peer[1] == static_cast<std::size_t>(plan.chunk_recv_rows(c)) * row_bytes);
+    CHECK(sent == static_cast<std::size_t>(plan.chunk_send_begin(c)) * row_bytes);
+    CHECK(received == static_cast<std::size_t>(plan.chunk_recv_begin(c)) * row_bytes);
+    for (std::size_t q = 0; q < 2; ++q) {
+      sent += to_peer[q];
+      received += from_peer[q];
+      sent_to[q] += to_peer[q];
+      received_from[q] += from_peer[q];
+    }
+  }
+  std::int64_t expected_received = 0;
+  for (auto n : recv_counts) expected_received += n;
+  CHECK(received == static_cast<std::size_t>(expected_received) * row_bytes);
+  for (int q = 0; q < 2; ++q) {
+    CHECK(sent_to[static_cast<std::size_t>(q)] == static_cast<std::size_t>(plan.send_rows_to(q)) * row_bytes);
+    CHECK(received_from[static_cast<std::size_t>(q)] == static_cast<std::size_t>(plan.recv_rows_from(q)) * row_bytes);
+  }
 }
