@@ -24,11 +24,12 @@ class DeviceExchange {
   DeviceExchange(comm::NcclCommunicator& comm, OverlapStreams& streams);
 
   // Out: chunk c's rows from send order (`send`, the whole send buffer) to receive order
-  // (`recv`, the whole receive buffer), after the chunk was packed; marks its arrival.
+  // (`recv`, the whole receive buffer), once the compute stream has reached the caller's
+  // streams.packed(c); records streams.arrived(c).
   void dispatch(const DispatchPlan& plan, int c, const std::byte* send, std::byte* recv,
                 std::size_t row_bytes);
-  // Back: chunk c's expert outputs from receive order to send order (`back`), after they were
-  // computed; marks their arrival.
+  // Back: chunk c's expert outputs from receive order to send order (`back`), likewise after
+  // the caller's streams.packed(c) (recorded once they are computed); records streams.arrived(c).
   void combine(const DispatchPlan& plan, int c, const std::byte* recv, std::byte* back,
                std::size_t row_bytes);
 
