@@ -27,8 +27,6 @@ int as_int(std::int64_t v, const char* what) {
   return static_cast<int>(v);
 }
 
-cublasOperation_t to_cublas(Op op) { return op == Op::none ? CUBLAS_OP_N : CUBLAS_OP_T; }
-
 }  // namespace
 
 CublasGroupedGemm::CublasGroupedGemm(cudaStream_t stream) : stream_(stream) {
@@ -83,22 +81,21 @@ void CublasGroupedGemm::run(Op op_a, Op op_b, float alpha, float beta,
   std::size_t used = 0;
   for (const GemmGroup& g : groups) {
     if (g.m == 0 || g.n == 0 || g.k == 0) continue;
-    // Row-major C = op(A)·op(B) is, in cuBLAS's column-major view of the same memory,
-    // Cᵀ = op(B)ᵀ·op(A)ᵀ: B first with op_b, then A with op_a, and m and n swapped.
-    trans_a_.push_back(to_cublas(op_b));
-    trans_b_.push_back(to_cublas(op_a));
-    m_.push_back(as_int(g.n, "n"));
-    n_.push_back(as_int(g.m, "m"));
-    k_.push_back(as_int(g.k, "k"));
-    lda_.push_back(as_int(g.ldb, "ldb"));
-    ldb_.push_back(as_int(g.lda, "lda"));
-    ldc_.push_back(as_int(g.ldc, "ldc"));
+    const ColumnMajorGemm view = column_major_view(op_a, op_b, g);
+    trans_a_.push_back(view.transpose_a ? CUBLAS_OP_T : CUBLAS_OP_N);
+    trans_b_.push_back(view.transpose_b ? CUBLAS_OP_T : CUBLAS_OP_N);
+    m_.push_back(as_int(view.m, "n"));
+    n_.push_back(as_int(view.n, "m"));
+    k_.push_back(as_int(view.k, "k"));
+    lda_.push_back(as_int(view.lda, "ldb"));
+    ldb_.push_back(as_int(view.ldb, "lda"));
+    ldc_.push_back(as_int(view.ldc, "ldc"));
     alpha_.push_back(alpha);
     beta_.push_back(beta);
     group_size_.push_back(1);
-    staging_[used] = g.b;
-    staging_[count + used] = g.a;
-    staging_[2 * count + used] = g.c;
+    staging_[used] = view.a;
+    staging_[count + used] = view.b;
+    staging_[2 * count + used] = view.c;
     ++used;
   }
   if (used == 0) return;

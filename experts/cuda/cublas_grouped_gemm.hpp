@@ -12,21 +12,9 @@
 #include <span>
 #include <vector>
 
-#include "experts/gemm.hpp"
+#include "experts/device/gemm_column_major.hpp"
 
 namespace moe::experts {
-
-// One product of a grouped call: C = alpha · op(A) · op(B) + beta · C, row-major, op(A) [m, k],
-// op(B) [k, n], C [m, n], leading dimensions as stored. Pointers are device memory.
-struct GemmGroup {
-  const float* a = nullptr;
-  std::int64_t lda = 0;
-  const float* b = nullptr;
-  std::int64_t ldb = 0;
-  float* c = nullptr;
-  std::int64_t ldc = 0;
-  std::int64_t m = 0, n = 0, k = 0;
-};
 
 class CublasGroupedGemm {
  public:

@@ -19,5 +19,7 @@ template cudaError_t launch_device(std::int64_t, const CombineRowsOp&, cudaStrea
 template cudaError_t launch_device(std::int64_t, const CombineRowsBackwardOp&, cudaStream_t);
 template cudaError_t launch_device(std::int64_t, const CombineWeightGradOp&, cudaStream_t);
 template cudaError_t launch_device(std::int64_t, const GatherRowsBackwardOp&, cudaStream_t);
+template cudaError_t launch_device(std::int64_t, const ToExpertOrderOp&, cudaStream_t);
+template cudaError_t launch_device(std::int64_t, const FromExpertOrderOp&, cudaStream_t);
 
 }  // namespace moe::device

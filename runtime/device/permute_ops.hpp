@@ -1,6 +1,6 @@
 // Moving rows by the dispatch plan (runtime/dispatch_plan.hpp) as data-path ops, for fp32 rows
 // (the device path's wire format): gather token rows into send order, the weighted combine back
-// into token rows, and their backward. One index per output element (or per assignment for the
+// into token rows, and their backward; receive order to expert order and back. One index per output element (or per assignment for the
 // weight gradient), so each index writes only its own value and sums run in a fixed order: the
 // kept choices j in order, as the host functions of runtime/permute.hpp, which give the same bits
 // on fp32 rows (tests/runtime/test_device_ops.cpp checks both against the float64 reference).
@@ -106,6 +106,32 @@ struct GatherRowsBackwardOp {
       if (row >= 0) sum += d_send[row * width + c];
     }
     dx[i] = sum;
+  }
+};
+
+// Receive order to expert order within chunk c (what the expert GEMMs read), one index per value
+// of the chunk: row r of the chunk's received rows goes to row expert_row[r] of the expert-order
+// buffer. The map comes from the plan (expert_row_map, runtime/device/expert_row_map.hpp).
+struct ToExpertOrderOp {
+  std::int64_t width;
+  const std::int64_t* expert_row;  // [chunk rows]
+  const float* received;           // the chunk's first received row
+  float* expert;                   // [rows, width], the whole expert-order buffer
+
+  MOE_HOST_DEVICE void operator()(std::int64_t i) const {
+    expert[expert_row[i / width] * width + i % width] = received[i];
+  }
+};
+
+// Back: the experts' outputs from expert order into the chunk's receive-order rows.
+struct FromExpertOrderOp {
+  std::int64_t width;
+  const std::int64_t* expert_row;  // [chunk rows]
+  const float* expert;             // [rows, width]
+  float* received;                 // the chunk's first received row
+
+  MOE_HOST_DEVICE void operator()(std::int64_t i) const {
+    received[i] = expert[expert_row[i / width] * width + i % width];
   }
 };
 

@@ -11,9 +11,12 @@
 #include <vector>
 
 #include "experts/activation_kernels.hpp"
+#include "experts/gemm.hpp"
 #include "experts/device/activation_ops.hpp"
+#include "experts/device/gemm_column_major.hpp"
 #include "experts/device/launch_host.hpp"
 #include "runtime/device/exchange_bytes.hpp"
+#include "runtime/device/expert_row_map.hpp"
 #include "runtime/device/permute_ops.hpp"
 #include "runtime/device/router_ops.hpp"
 #include "runtime/dispatch_plan.hpp"
@@ -482,5 +485,80 @@ TEST_CASE("a chunk's exchange byte counts tile the chunk's rows in peer order", 
   for (int q = 0; q < 2; ++q) {
     CHECK(sent_to[static_cast<std::size_t>(q)] == static_cast<std::size_t>(plan.send_rows_to(q)) * row_bytes);
     CHECK(received_from[static_cast<std::size_t>(q)] == static_cast<std::size_t>(plan.recv_rows_from(q)) * row_bytes);
+  }
+}
+
+TEST_CASE("expert-order ops match the host's to/from_expert_order on every chunk", "[device-host][permute]") {
+  PlannedCase p = planned_case("default");
+  DispatchPlan& plan = p.plan;
+  build_plan(p.config, 2, 0, p.routing.expert, p.tokens, 5, -1, {}, plan);
+  std::vector<std::int64_t> recv_counts(static_cast<std::size_t>(2 * plan.local_experts));
+  for (std::size_t i = 0; i < recv_counts.size(); ++i) recv_counts[i] = static_cast<std::int64_t>((5 * i + 2) % 9);
+  set_receive_counts(plan, recv_counts);
+  const std::int64_t width = p.config.d_model, rows = plan.num_recv_rows();
+  REQUIRE(rows > 0);
+  std::vector<float> received = random_values(static_cast<std::size_t>(rows * width), 31);
+  std::vector<float> expert(received.size(), -1.0f), expert_host(received.size(), -1.0f);
+  std::vector<std::int64_t> map(static_cast<std::size_t>(rows));
+  for (int c = 0; c < plan.num_chunks; ++c) {
+    const std::int64_t first = plan.chunk_recv_begin(c), count = plan.chunk_recv_rows(c);
+    device::expert_row_map(plan, c, map);
+    device::launch_host(count * width, device::ToExpertOrderOp{width, map.data(), received.data() + first * width,
+                                                              expert.data()});
+    to_expert_order(plan, c, fp32_rows(received, width), expert_host);
+  }
+  CHECK(expert == expert_host);  // every row written once: no -1 left where the host wrote
+  std::vector<float> back(received.size(), 0.0f), back_host(received.size(), 0.0f);
+  for (int c = 0; c < plan.num_chunks; ++c) {
+    const std::int64_t first = plan.chunk_recv_begin(c), count = plan.chunk_recv_rows(c);
+    device::expert_row_map(plan, c, map);
+    device::launch_host(count * width, device::FromExpertOrderOp{width, map.data(), expert.data(),
+                                                                back.data() + first * width});
+    from_expert_order(plan, c, expert, fp32_rows(back_host, width));
+  }
+  CHECK(back == back_host);
+  CHECK(back == received);  // there and back is the identity
+}
+
+namespace {
+
+// BLAS's column-major GEMM written out (what cuBLAS computes), in double:
+// C(i, j) = alpha Σ_l op(A)(i, l) op(B)(l, j) + beta C(i, j), element (r, c) of X at x[r + c·ldx].
+void column_major_gemm(const experts::ColumnMajorGemm& g, float alpha, float beta) {
+  for (std::int64_t i = 0; i < g.m; ++i) {
+    for (std::int64_t j = 0; j < g.n; ++j) {
+      double sum = 0;
+      for (std::int64_t l = 0; l < g.k; ++l) {
+        const double a = g.transpose_a ? g.a[l + i * g.lda] : g.a[i + l * g.lda];
+        const double b = g.transpose_b ? g.b[j + l * g.ldb] : g.b[l + j * g.ldb];
+        sum += a * b;
+      }
+      float& c = g.c[i + j * g.ldc];
+      c = static_cast<float>(alpha * sum + beta * double{c});
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("the cuBLAS view of a row-major product computes the same product", "[device-host][gemm]") {
+  using experts::Op;
+  const std::int64_t m = 5, n = 7, k = 3, pad = 2;
+  for (Op op_a : {Op::none, Op::transpose}) {
+    for (Op op_b : {Op::none, Op::transpose}) {
+      INFO("op_a " << (op_a == Op::none ? "N" : "T") << " op_b " << (op_b == Op::none ? "N" : "T"));
+      // Stored row-major with padded rows: A is [m, k] or, transposed, [k, m]; B likewise.
+      const std::int64_t a_rows = op_a == Op::none ? m : k, a_cols = op_a == Op::none ? k : m;
+      const std::int64_t b_rows = op_b == Op::none ? k : n, b_cols = op_b == Op::none ? n : k;
+      const std::int64_t lda = a_cols + pad, ldb = b_cols + pad, ldc = n + pad;
+      const std::vector<float> a = random_values(static_cast<std::size_t>(a_rows * lda), 41);
+      const std::vector<float> b = random_values(static_cast<std::size_t>(b_rows * ldb), 42);
+      std::vector<float> c_row_major = random_values(static_cast<std::size_t>(m * ldc), 43);
+      std::vector<float> c_view = c_row_major;
+      experts::gemm(op_a, op_b, m, n, k, 1.5f, a, lda, b, ldb, 0.5f, c_row_major, ldc);
+      const experts::GemmGroup group{a.data(), lda, b.data(), ldb, c_view.data(), ldc, m, n, k};
+      column_major_gemm(experts::column_major_view(op_a, op_b, group), 1.5f, 0.5f);
+      CHECK(relative_error(c_view, std::vector<double>(c_row_major.begin(), c_row_major.end())) <= 1e-6);
+    }
   }
 }
