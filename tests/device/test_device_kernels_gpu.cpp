@@ -105,6 +105,37 @@ void check_router(const moe::test::NamedCase& named) {
   check(counts.download() == host.counts, named.name + ": counts on the GPU");
 }
 
+// Gather and combine on a plan with drops: the GPU's rows against the host launcher's.
+void check_permute() {
+  using namespace moe;
+  for (const auto& named : test::standard_cases(1)) {
+    if (named.name != "tight_capacity") continue;
+    const ref::LayerCase lc = ref::make_case(named.spec);
+    const MoeConfig config = test::to_config(lc.config);
+    const std::int64_t tokens = lc.tokens_per_rank[0], width = config.d_model, k = config.top_k;
+    const std::vector<float> x(lc.input.begin(), lc.input.end()), gate(lc.params.gate.begin(), lc.params.gate.end());
+    RouterOutput routing;
+    route(config, gate, {}, x, tokens, routing);
+    DispatchPlan plan;
+    rank_assignments(config, routing.expert, routing.weight, tokens, plan);
+    build_plan(config, 2, 0, routing.expert, tokens, 1, -1, {}, plan);
+    const std::int64_t rows = plan.num_send_rows();
+    std::vector<float> send(static_cast<std::size_t>(rows * width)), y(static_cast<std::size_t>(tokens * width));
+    device::launch_host(rows * width, device::GatherRowsOp{width, plan.send_token.data(), x.data(), send.data()});
+    device::launch_host(tokens * width, device::CombineRowsOp{width, k, plan.send_row.data(), routing.weight.data(),
+                                                              send.data(), y.data()});
+    DeviceArray<float> d_x(x), d_send(std::vector<float>(send.size())), d_y(std::vector<float>(y.size()));
+    DeviceArray<float> d_weight(std::vector<float>(routing.weight.begin(), routing.weight.begin() + tokens * k));
+    DeviceArray<std::int64_t> d_token(plan.send_token), d_row(plan.send_row);
+    cuda(device::launch_device(rows * width, device::GatherRowsOp{width, d_token.data, d_x.data, d_send.data}, nullptr),
+         "GatherRowsOp");
+    cuda(device::launch_device(tokens * width, device::CombineRowsOp{width, k, d_row.data, d_weight.data, d_send.data,
+                                                                     d_y.data}, nullptr), "CombineRowsOp");
+    check(d_send.download() == send, "gather on the GPU");
+    check(relative_difference(d_y.download(), y) <= 1e-6, "combine on the GPU");
+  }
+}
+
 void check_activation() {
   using namespace moe;
   const std::int64_t rows = 33, cols = 65, size = rows * cols;
@@ -134,6 +165,7 @@ int main() {
     return 77;
   }
   for (const auto& named : moe::test::standard_cases(1)) check_router(named);
+  check_permute();
   check_activation();
   std::printf("%s: %d failure(s)\n", failures == 0 ? "passed" : "FAILED", failures);
   return failures == 0 ? 0 : 1;
