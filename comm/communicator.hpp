@@ -2,6 +2,12 @@
 // interface; MpiCommunicator (comm/mpi_communicator.hpp) implements it over MPI on host memory,
 // NcclCommunicator (comm/nccl_communicator.hpp, CUDA builds) over NCCL on device memory.
 //
+// The memory space the buffers live in is part of the type: Communicator is
+// BasicCommunicator<HostMemory>, DeviceCommunicator is BasicCommunicator<DeviceMemory>, and the
+// two are unrelated classes. A host layer (MoeLayer takes a Communicator&) cannot be handed an
+// NcclCommunicator, nor a device path an MpiCommunicator: the mistake does not compile
+// (tests/comm/memory_space_mismatch.cpp is the check).
+//
 // Every operation other than rank(), size() and host() is collective: all ranks of the
 // communicator call it, in the same order, with matching arguments. Operations block until this
 // rank's buffers may be read and reused. Failures throw CommError (comm/comm_error.hpp); misuse
@@ -37,9 +43,16 @@ struct OperationContext {
   const char* phase = "";
 };
 
-class Communicator {
+// Tags of the memory space every pointer and span passed to a communicator's operations lives in.
+struct HostMemory {};    // ordinary host memory
+struct DeviceMemory {};  // memory of the CUDA device the communicator was built on
+
+template <class Space>
+class BasicCommunicator {
  public:
-  virtual ~Communicator() = default;
+  using MemorySpace = Space;
+
+  virtual ~BasicCommunicator() = default;
 
   virtual int rank() const = 0;
   virtual int size() const = 0;
@@ -48,7 +61,7 @@ class Communicator {
 
   // Splits into sub-groups of the ranks that pass the same color, ordered by key (MPI_Comm_split).
   // A rank that passes a "no group" color (MPI_UNDEFINED for MPI) gets nullptr.
-  virtual std::unique_ptr<Communicator> split(int color, int key) const = 0;
+  virtual std::unique_ptr<BasicCommunicator> split(int color, int key) const = 0;
 
   // Collective: the lowest rank of this communicator on this rank's host, i.e. among the ranks
   // that share memory with it (MPI: MPI_Comm_split_type with MPI_COMM_TYPE_SHARED). Ranks on one
@@ -103,5 +116,10 @@ class Communicator {
   virtual void set_watchdog_action(WatchdogAction /*action*/) {}
   virtual void set_context(const OperationContext& /*context*/) {}
 };
+
+// Over host memory (MPI, and the decorators and strategies built on it).
+using Communicator = BasicCommunicator<HostMemory>;
+// Over device memory (NCCL, CUDA builds).
+using DeviceCommunicator = BasicCommunicator<DeviceMemory>;
 
 }  // namespace moe::comm

@@ -188,7 +188,7 @@ NcclCommunicator::~NcclCommunicator() {
   cudaSetDevice(previous);
 }
 
-std::unique_ptr<Communicator> NcclCommunicator::split(int color, int key) const {
+std::unique_ptr<DeviceCommunicator> NcclCommunicator::split(int color, int key) const {
   check_usable("split");
   DeviceScope scope(device_);
   ncclComm_t part = nullptr;

@@ -31,7 +31,7 @@
 
 namespace moe::comm {
 
-class NcclCommunicator final : public Communicator {
+class NcclCommunicator final : public DeviceCommunicator {
  public:
   // Collective over `mpi`: rank 0 of `mpi` creates the NCCL unique id and broadcasts it over MPI,
   // then every rank joins the NCCL communicator with its rank in `mpi`. Each rank uses the CUDA
@@ -60,7 +60,7 @@ class NcclCommunicator final : public Communicator {
 
   // Collective (ncclCommSplit). A rank passing a negative color joins no group and gets nullptr.
   // The new communicator keeps the timeout and the watchdog action.
-  std::unique_ptr<Communicator> split(int color, int key) const override;
+  std::unique_ptr<DeviceCommunicator> split(int color, int key) const override;
   // NCCL has no shared-memory split: the lowest rank with the same host name (gathered at
   // creation), which is the same grouping on machines with distinct host names.
   int host_leader() const override;

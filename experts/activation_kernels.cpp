@@ -123,14 +123,7 @@ MOE_VECTOR_CLONES void swiglu_backward(std::span<const float> pre, std::span<con
   const float* gt = gate.data();
   float* g = grad.data();
   float* gg = grad_gate.data();
-  for (std::size_t i = 0; i < grad.size(); ++i) {
-    // silu and its derivative share e^-x.
-    const float e = exp_approx(-p[i]);
-    const float s = 1.0f / (1.0f + e);
-    const float upstream = g[i];
-    gg[i] = upstream * (p[i] * s);
-    g[i] = upstream * gt[i] * (s * (1.0f + p[i] * (e * s)));
-  }
+  for (std::size_t i = 0; i < grad.size(); ++i) swiglu_grads(p[i], gt[i], g[i], g[i], gg[i]);
 }
 
 MOE_VECTOR_CLONES void add_row_bias(std::int64_t rows, std::int64_t cols, std::span<const float> bias,

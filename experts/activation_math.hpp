@@ -14,11 +14,12 @@
 #include <cstdint>
 
 #include "experts/activation.hpp"
+#include "experts/device/host_device.hpp"
 
 namespace moe::experts {
 
 // c ? a : b as bit masks, which GCC turns into vector compare/and/or.
-inline float select(bool c, float a, float b) {
+MOE_HOST_DEVICE inline float select(bool c, float a, float b) {
   const std::uint32_t mask = 0u - static_cast<std::uint32_t>(c);
   return std::bit_cast<float>((std::bit_cast<std::uint32_t>(a) & mask) |
                               (std::bit_cast<std::uint32_t>(b) & ~mask));
@@ -26,7 +27,7 @@ inline float select(bool c, float a, float b) {
 
 // e^x with relative error ~1e-7 for x in [-87, 88]; outside, the value at the nearest end
 // (so 2^n below stays a normal float and the result is finite).
-inline float exp_approx(float x) {
+MOE_HOST_DEVICE inline float exp_approx(float x) {
   x = select(x < -87.0f, -87.0f, x);
   x = select(x > 88.0f, 88.0f, x);
   // Adding 1.5 * 2^23 rounds x*log2(e) to the integer n, which lands in the low mantissa bits.
@@ -53,14 +54,14 @@ inline float exp_approx(float x) {
 }
 
 // 1 / (1 + e^-x); accurate in relative terms in both tails.
-inline float sigmoid(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
+MOE_HOST_DEVICE inline float sigmoid(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
 
 // Φ(-|x|) = erfc(|x|/√2)/2 = t g(t) e^(-x²/2) / 2 with t = 1/(1 + 0.45|x|/√2), where g is a
 // degree-9 fit of erfcx(z)(1 + 0.45z) in t (relative error 3e-8 on all of [0, ∞), fitted
 // against mpmath). Relative, not absolute: the left tail of gelu stays accurate instead of
 // being 1 + erf(...) after cancellation. `gauss` is e^(-x²/2), passed in so that gelu_grad
 // shares it with the density.
-inline float normal_cdf_lower(float x, float gauss) {
+MOE_HOST_DEVICE inline float normal_cdf_lower(float x, float gauss) {
   const float t = 1.0f / (1.0f + (0.45f * 0x1.6a09e6p-1f) * std::fabs(x));
   float g = -0.0413911562f;
   g = g * t + 0.190688084f;
@@ -76,28 +77,28 @@ inline float normal_cdf_lower(float x, float gauss) {
 }
 
 // e^(-x²/2), the unnormalized standard normal density.
-inline float gauss(float x) { return exp_approx(-0.5f * x * x); }
+MOE_HOST_DEVICE inline float gauss(float x) { return exp_approx(-0.5f * x * x); }
 
 // Standard normal CDF Φ(x).
-inline float normal_cdf(float x) {
+MOE_HOST_DEVICE inline float normal_cdf(float x) {
   const float lower = normal_cdf_lower(x, gauss(x));
   return select(x < 0.0f, lower, 1.0f - lower);
 }
 
 // gelu, erf form (PyTorch's default): x Φ(x); derivative Φ(x) + x φ(x).
-inline float gelu(float x) { return x * normal_cdf(x); }
-inline float gelu_grad(float x) {
+MOE_HOST_DEVICE inline float gelu(float x) { return x * normal_cdf(x); }
+MOE_HOST_DEVICE inline float gelu_grad(float x) {
   const float e = gauss(x);
   const float lower = normal_cdf_lower(x, e);
   return select(x < 0.0f, lower, 1.0f - lower) + x * (0x1.988454p-2f * e);  // 1/√(2π)
 }
 
 // gelu, tanh form: x (1 + tanh(u)) / 2 with u = √(2/π)(x + 0.044715x³), i.e. x σ(2u).
-inline float gelu_tanh(float x) {
+MOE_HOST_DEVICE inline float gelu_tanh(float x) {
   const float u = 0x1.988454p-1f * (x + 0.044715f * x * x * x);
   return x * sigmoid(2.0f * u);
 }
-inline float gelu_tanh_grad(float x) {
+MOE_HOST_DEVICE inline float gelu_tanh_grad(float x) {
   const float u = 0x1.988454p-1f * (x + 0.044715f * x * x * x);
   const float du = 0x1.988454p-1f * (1.0f + 3.0f * 0.044715f * x * x);
   const float e = exp_approx(-2.0f * u);
@@ -107,20 +108,31 @@ inline float gelu_tanh_grad(float x) {
 }
 
 // relu; derivative 0 at 0 (and below), as PyTorch's threshold_backward.
-inline float relu(float x) { return select(x < 0.0f, 0.0f, x); }
-inline float relu_grad(float x) { return select(x <= 0.0f, 0.0f, 1.0f); }
+MOE_HOST_DEVICE inline float relu(float x) { return select(x < 0.0f, 0.0f, x); }
+MOE_HOST_DEVICE inline float relu_grad(float x) { return select(x <= 0.0f, 0.0f, 1.0f); }
 
 // silu (swish): x σ(x).
-inline float silu(float x) { return x * sigmoid(x); }
-inline float silu_grad(float x) {
+MOE_HOST_DEVICE inline float silu(float x) { return x * sigmoid(x); }
+MOE_HOST_DEVICE inline float silu_grad(float x) {
   const float e = exp_approx(-x);
   const float s = 1.0f / (1.0f + e);
   return s * (1.0f + x * (e * s));
 }
 
+// swiglu's backward at one element: from upstream = dL/d act with act = silu(pre) · gate,
+// d_pre = upstream · gate · silu'(pre) and d_gate = upstream · silu(pre); silu and its derivative
+// share e^-pre.
+MOE_HOST_DEVICE inline void swiglu_grads(float pre, float gate, float upstream, float& d_pre,
+                                         float& d_gate) {
+  const float e = exp_approx(-pre);
+  const float s = 1.0f / (1.0f + e);
+  d_gate = upstream * (pre * s);
+  d_pre = upstream * gate * (s * (1.0f + pre * (e * s)));
+}
+
 // By enum, for tests and scalar callers (the kernels dispatch once per block instead). For
 // swiglu this is its silu part, applied to x·w1ᵀ.
-inline float activate(Activation activation, float x) {
+MOE_HOST_DEVICE inline float activate(Activation activation, float x) {
   switch (activation) {
     case Activation::gelu: return gelu(x);
     case Activation::gelu_tanh: return gelu_tanh(x);
@@ -131,7 +143,7 @@ inline float activate(Activation activation, float x) {
   return x;  // unreachable for a valid enum value
 }
 
-inline float activate_grad(Activation activation, float x) {
+MOE_HOST_DEVICE inline float activate_grad(Activation activation, float x) {
   switch (activation) {
     case Activation::gelu: return gelu_grad(x);
     case Activation::gelu_tanh: return gelu_tanh_grad(x);

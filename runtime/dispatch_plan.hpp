@@ -109,6 +109,29 @@ inline ChunkPart chunk_part(std::int64_t n, std::int64_t expert, std::int64_t ow
   return {n * p / q, n * (p + 1) / q - n * p / q};
 }
 
+// Calls fn(received_row, expert_row, rows) for every (source, local expert) block of chunk c. Each
+// block is contiguous in both orders; in expert order, expert e's rows from source s follow those
+// from sources 0..s-1.
+template <class Fn>
+void for_each_expert_block(const DispatchPlan& plan, int c, Fn&& fn) {
+  const std::int64_t local = plan.local_experts;
+  const std::int64_t chunk_begin = plan.chunk_recv_begin(c);
+  const auto expert_offsets = plan.chunk_expert_offsets(c);
+  std::int64_t received = chunk_begin;
+  for (int s = 0; s < plan.ep_size; ++s) {
+    for (std::int64_t e = 0; e < local; ++e) {
+      const std::int64_t rows =
+          chunk_part(plan.recv_counts[s * local + e], e, local, c, plan.num_chunks).rows;
+      std::int64_t expert_row = chunk_begin + expert_offsets[e];
+      for (int earlier = 0; earlier < s; ++earlier) {
+        expert_row += chunk_part(plan.recv_counts[earlier * local + e], e, local, c, plan.num_chunks).rows;
+      }
+      fn(received, expert_row, rows);
+      received += rows;
+    }
+  }
+}
+
 // First step: ranks this rank's assignments of each expert in the drop policy's order (fills
 // plan.order and plan.order_start; expert and weight are [T, k]).
 void rank_assignments(const MoeConfig& config, std::span<const std::int32_t> expert,

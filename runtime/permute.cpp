@@ -38,29 +38,6 @@ float dot_row(const float* g, const std::byte* row, std::int64_t width) {
   return lanes[0];
 }
 
-// Calls fn(received_row, expert_row, rows) for every (source, local expert) block of chunk c. Each
-// block is contiguous in both orders; in expert order, expert e's rows from source s follow those
-// from sources 0..s-1.
-template <class Fn>
-void for_each_block(const DispatchPlan& plan, int c, Fn&& fn) {
-  const std::int64_t local = plan.local_experts;
-  const std::int64_t chunk_begin = plan.chunk_recv_begin(c);
-  const auto expert_offsets = plan.chunk_expert_offsets(c);
-  std::int64_t received = chunk_begin;
-  for (int s = 0; s < plan.ep_size; ++s) {
-    for (std::int64_t e = 0; e < local; ++e) {
-      const std::int64_t rows =
-          chunk_part(plan.recv_counts[s * local + e], e, local, c, plan.num_chunks).rows;
-      std::int64_t expert_row = chunk_begin + expert_offsets[e];
-      for (int earlier = 0; earlier < s; ++earlier) {
-        expert_row += chunk_part(plan.recv_counts[earlier * local + e], e, local, c, plan.num_chunks).rows;
-      }
-      fn(received, expert_row, rows);
-      received += rows;
-    }
-  }
-}
-
 template <WireFormat F>
 void combine_impl(const DispatchPlan& plan, std::span<const float> weight, WireRows back,
                   std::span<float> y) {
@@ -142,14 +119,14 @@ void zero_padding_rows(const DispatchPlan& plan, WireRows send) {
 }
 
 void to_expert_order(const DispatchPlan& plan, int c, WireRows received, std::span<float> expert) {
-  for_each_block(plan, c, [&](std::int64_t recv_row, std::int64_t expert_row, std::int64_t rows) {
+  for_each_expert_block(plan, c, [&](std::int64_t recv_row, std::int64_t expert_row, std::int64_t rows) {
     decode_values(received.row(recv_row), expert.data() + expert_row * received.width,
                   rows * received.width, received.format);
   });
 }
 
 void from_expert_order(const DispatchPlan& plan, int c, std::span<const float> expert, WireRows received) {
-  for_each_block(plan, c, [&](std::int64_t recv_row, std::int64_t expert_row, std::int64_t rows) {
+  for_each_expert_block(plan, c, [&](std::int64_t recv_row, std::int64_t expert_row, std::int64_t rows) {
     encode_values(expert.data() + expert_row * received.width, received.row(recv_row),
                   rows * received.width, received.format);
   });

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "runtime/config.hpp"
+#include "runtime/device/router_ops.hpp"
 
 namespace moe {
 
@@ -26,12 +27,13 @@ struct RouterOutput {
   std::vector<double> prob_sum;       // [E] Σ_t p_{t,e}
   std::vector<std::int64_t> counts;   // [E] top-k assignments before dropping
   double logsumexp_sq_sum = 0;        // Σ_t (logsumexp z_t)²
-  // Workspace of the selection.
-  std::vector<std::int32_t> order;    // [E]
-  std::vector<float> selection;       // [E] q of one token, -inf where its group was not chosen
-  std::vector<float> group_score;     // [G]
-  std::vector<std::int32_t> group_order;  // [G]
+  // Workspace of the selection (runtime/device/router_ops.hpp).
+  std::vector<float> selection;       // [T, E] q, -inf where its group is not selectable
+  std::vector<float> group_score;     // [T, G]
 };
+
+// The router's part of the configuration, for the router's ops (runtime/device/router_ops.hpp).
+device::RouterDims router_dims(const MoeConfig& config);
 
 // Routes x [T, d] with gate_weight [E, d]; score_bias [E] is the selection bias of the sigmoid
 // gate (ignored with softmax; may be empty there).
