@@ -18,11 +18,11 @@ py::array to_numpy(const Tensor& t) {
   if (t.dtype == DType::i64) {
     py::array_t<std::int64_t> out(dims);
     std::copy(t.i64().begin(), t.i64().end(), out.mutable_data());
-    return std::move(out);
+    return out;
   }
   py::array_t<float> out(dims);
   std::copy(t.f32().begin(), t.f32().end(), out.mutable_data());
-  return std::move(out);
+  return out;
 }
 
 // Collective over `world`: the case, and the same moe::Error on every rank when it cannot be read

@@ -11,8 +11,6 @@ package installs a ``sys.excepthook`` that, after printing the traceback, ends t
 """
 import sys as _sys
 
-import torch as _torch  # noqa: F401  (the layer's tensors are torch tensors)
-
 from ._moe_ep import (CommError, Communicator, Config, Error, ForwardContext, ParallelGroups,
                       abort, config_fields, world, world_size)
 from .layer import MoELayer, make_config
