@@ -49,6 +49,7 @@ TEST_CASE("a trainer drives a layer through <moe_ep/moe_ep.hpp>") {
   config.d_hidden = 16;
   config.top_k = 2;
   config.capacity_factor = 0.5;  // some assignments dropped, so kept() says something
+  config.min_capacity = 1;
   moe_ep::Layer layer(config, *groups.ep);
   layer.init_parameters(3);
 
