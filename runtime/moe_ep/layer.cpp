@@ -54,6 +54,12 @@ void Layer::reduce_gradients(moe::ParallelGroups& groups, moe::GradReduction red
   moe::reduce_gradients(*impl_, groups, reduction);
 }
 
-void Layer::update_selection_bias(const ForwardContext& ctx) { impl_->update_selection_bias(ctx.impl_->result()); }
+void Layer::update_selection_bias(const ForwardContext& ctx, moe::ParallelGroups& groups) {
+  if (config().gate != moe::GateKind::sigmoid || config().bias_update_rate == 0) return;
+  moe::ForwardResult counts;
+  counts.stats.expert_counts = ctx.stats().expert_counts;
+  if (groups.dp_size > 1) groups.dp->allreduce(std::span<std::int64_t>(counts.stats.expert_counts), moe::comm::ReduceOp::sum);
+  impl_->update_selection_bias(counts);
+}
 
 }  // namespace moe_ep

@@ -92,10 +92,11 @@ class Layer {
   // Collective over both groups: the router's and shared expert's gradients summed over the
   // expert-parallel group, every gradient reduced over the data-parallel replicas.
   void reduce_gradients(moe::ParallelGroups& groups, moe::GradReduction reduction);
-  // Auxiliary-loss-free balancing (SPEC.md section 3) from the counts of the forward in `ctx`.
-  // Not collective; with data-parallel replicas, sum the counts over them first (every replica
-  // must move the bias the same way).
-  void update_selection_bias(const ForwardContext& ctx);
+  // Auxiliary-loss-free balancing (SPEC.md section 3) from the counts of the forward in `ctx`,
+  // summed over the data-parallel replicas so the bias (replicated over the whole world) moves
+  // the same way everywhere. Collective over groups.dp when it has more than one rank; nothing to
+  // do unless gate = sigmoid and bias_update_rate > 0.
+  void update_selection_bias(const ForwardContext& ctx, moe::ParallelGroups& groups);
 
  private:
   std::unique_ptr<moe::MoeLayer> impl_;

@@ -146,7 +146,7 @@ class MoELayer(torch.nn.Module):
     def stats(self):
         """The last forward's statistics (group-wide counts before and after dropping, drops,
         losses), a dict."""
-        return self._layer.last_stats()
+        return self._last_context.stats()
 
     def reduce_gradients(self, mean=True):
         """Collective over both groups: completes the parameters' .grad. The router's and the
@@ -161,4 +161,4 @@ class MoELayer(torch.nn.Module):
         """Auxiliary-loss-free balancing (SPEC.md section 3) from the last forward's counts, summed
         over the data-parallel replicas; collective over the data-parallel group. Nothing to do
         unless gate=sigmoid and bias_update_rate > 0."""
-        self._layer.update_selection_bias()
+        self._layer.update_selection_bias(self._last_context)
