@@ -43,7 +43,8 @@ class _MoEFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, module, x, *params):
-        context = _moe_ep.ForwardContext()
+        # A context walked back already is reused: one of the same shape allocates nothing.
+        context = module._spare_contexts.pop() if module._spare_contexts else _moe_ep.ForwardContext()
         y, aux, z = module._run_forward(x, context)
         ctx.module = module
         ctx.context = context
@@ -58,7 +59,8 @@ class _MoEFunction(torch.autograd.Function):
         dx = torch.empty_like(x)
         layer.backward(x.detach().numpy(), dy.contiguous().numpy(), dx.numpy(), ctx.context,
                        float(d_aux), float(d_z))
-        ctx.context = None  # the saved activations are not needed any more
+        ctx.module._spare_contexts.append(ctx.context)
+        ctx.context = None
         # The layer's gradient buffers are rewritten by the next backward: autograd gets copies.
         grads = [torch.from_numpy(grad).clone() for _, grad, _ in layer.gradients()]
         return (None, dx, *grads)
@@ -97,6 +99,7 @@ class MoELayer(torch.nn.Module):
             _register(self, name, torch.from_numpy(array), buffer=True)
         self._addresses = [p.data_ptr() for p in self._params]
         self._inference_context = _moe_ep.ForwardContext()
+        self._spare_contexts = []
         self._last_context = None
 
     @property
