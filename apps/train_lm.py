@@ -43,7 +43,7 @@ import torch_baseline  # noqa: E402 (the PyTorch MoE layer)
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=400, help="training steps of the moe-ep and dense models")
+    p.add_argument("--steps", type=int, default=600, help="training steps of the moe-ep and dense models")
     p.add_argument("--compare-steps", type=int, default=50, help="steps trained beside the PyTorch MoE model")
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest relative loss difference allowed")
     p.add_argument("--dense", action=argparse.BooleanOptionalAction, default=True,
@@ -56,7 +56,8 @@ def parse_args():
     p.add_argument("--experts", type=int, default=8)
     p.add_argument("--d-hidden", type=int, default=128, help="hidden size of each expert")
     p.add_argument("--top-k", type=int, default=2)
-    p.add_argument("--capacity-factor", type=float, default=1.25)
+    p.add_argument("--capacity-factor", type=float, default=0.0,
+                   help="<= 0: dropless (the default; see README for runs with dropping)")
     p.add_argument("--aux-loss-coef", type=float, default=0.01)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--corpus-chars", type=int, default=400000)
