@@ -6,7 +6,9 @@
 // the slowest rank's. Two floors are measured in the same run, under the same machine load:
 //   - the expert GEMMs alone (same shapes, same BLAS as the layer's forward and backward), and
 //   - a plain MPI_Alltoallv moving the same per-peer bytes as the layer's two exchanges.
-// The layer's distance from them is reported as ratios.
+// The layer's distance from them is reported as ratios. With --compare-compute the whole
+// measurement runs a second time with the other compute precision (fp32 <-> bf16), in the same
+// process, and both are printed side by side.
 #include <algorithm>
 #include <boost/program_options.hpp>
 #include <chrono>
@@ -21,6 +23,7 @@
 #include "apps/forced_routing.hpp"
 #include "apps/layer_options.hpp"
 #include "apps/link_options.hpp"
+#include "apps/node_spread.hpp"
 #include "apps/mpi_program.hpp"
 #include "experts/gemm_floor.hpp"
 #include "runtime/initialization.hpp"
@@ -42,6 +45,7 @@ struct Options {
   std::uint64_t seed = 1;
   bool forward_only = false;
   bool json = false;
+  bool compare_compute = false;
   std::string routing = "learned";
   apps::RoutingSpec routing_spec;
 };
@@ -60,7 +64,10 @@ std::optional<Options> parse_options(int argc, char** argv, int rank) {
       ("forward-only", po::bool_switch(&o.forward_only), "time the forward pass only")
       ("routing", po::value(&o.routing)->default_value(o.routing),
        "learned (the router) | balanced | zipf:S | hot:E,P (expert E gets share P): forced routing")
-      ("json", po::bool_switch(&o.json), "print one JSON object (rank 0, one line) instead of the table");
+      ("json", po::bool_switch(&o.json), "print one JSON object (rank 0, one line) instead of the table")
+      ("compare-compute", po::bool_switch(&o.compare_compute),
+       "measure again with the other --compute precision (fp32 <-> bf16; an unset --wire follows "
+       "it) and print both");
   apps::add_layer_options(desc, o.layer);
   apps::add_execution_options(desc, o.execution);
   apps::add_link_options(desc, o.link);
@@ -175,18 +182,17 @@ LoadFigures load_figures(comm::Communicator& world, const MoeLayer& layer, const
     received += stats.rows_from_peer[static_cast<std::size_t>(p)];
   }
   const double row_bytes = static_cast<double>(layer.config().d_model) *
-                           static_cast<double>(wire_value_bytes(layer.config().wire));
+                           static_cast<double>(wire_value_bytes(layer.config().wire_format()));
   double link_bytes[1] = {2.0 * static_cast<double>(std::max(sent, received)) * row_bytes};
   world.allreduce(std::span<double>(link_bytes), comm::ReduceOp::max);
   f.link_bytes_max = link_bytes[0];
   return f;
 }
 
-int bench(comm::MpiCommunicator& world, const Options& o) {
-  const MoeConfig& c = o.layer.config;
-  apps::apply_watchdog(o.execution, world);
+// Every figure of one configuration, as the JSON object moe-bench prints (valid on rank 0).
+nlohmann::json measure(comm::MpiCommunicator& world, const Options& o, const MoeConfig& c) {
   std::unique_ptr<comm::Communicator> link_storage;
-  comm::Communicator& ep = apps::with_link(o.link, world, link_storage);
+  comm::Communicator& ep = apps::with_link(o.link, world, link_storage, static_cast<int>(c.ranks_per_node));
   MoeLayer layer(c, ep);
   init_parameters(layer, o.seed);
   const int rank = world.rank();
@@ -207,7 +213,8 @@ int bench(comm::MpiCommunicator& world, const Options& o) {
   experts::GemmFloorWorkspace gemm_ws;
   double gemm_fwd_flops = 0, gemm_bwd_flops = 0;
   std::optional<RawAlltoallv> raw;
-  const std::int64_t row_bytes = d * static_cast<std::int64_t>(sizeof(float));
+  // What crosses the network: rows in the wire format (the floor moves the same bytes).
+  const std::int64_t row_bytes = d * static_cast<std::int64_t>(wire_value_bytes(c.wire_format()));
   for (int i = 0; i < o.warmup + o.iters; ++i) {
     // Layer: forward then backward, each timed on every rank; the slowest rank counts.
     world.barrier();
@@ -236,11 +243,11 @@ int bench(comm::MpiCommunicator& world, const Options& o) {
     double floor_t[3] = {0, 0, 0};
     world.barrier();
     start = Clock::now();
-    gemm_fwd_flops = experts::run_forward_gemms(layer.experts(), rows, gemm_ws);
+    gemm_fwd_flops = experts::run_forward_gemms(layer.experts(), rows, gemm_ws, c.compute);
     floor_t[0] = seconds_since(start);
     if (!o.forward_only) {
       start = Clock::now();
-      gemm_bwd_flops = experts::run_backward_gemms(layer.experts(), rows, gemm_ws);
+      gemm_bwd_flops = experts::run_backward_gemms(layer.experts(), rows, gemm_ws, c.compute);
       floor_t[1] = seconds_since(start);
     }
     if (!raw) raw.emplace(world, o.link.enabled() ? &ep : nullptr, r.stats, row_bytes);
@@ -267,7 +274,8 @@ int bench(comm::MpiCommunicator& world, const Options& o) {
 
   const ForwardStats& stats = ctx.result().stats;
   const LoadFigures load = load_figures(world, layer, stats);
-  if (rank != 0) return 0;
+  const apps::NodeSpread spread = apps::node_spread(ep, layer, ctx);
+  if (rank != 0) return {};
   const double fwd_ms = series.median_ms("fwd"), bwd_ms = series.median_ms("bwd");
   const double gemm_fwd_ms = series.median_ms("gemm_fwd"), gemm_bwd_ms = series.median_ms("gemm_bwd");
   const double exchange_ms = series.median_ms("exchange");
@@ -290,6 +298,7 @@ int bench(comm::MpiCommunicator& world, const Options& o) {
   j["chunks"] = layer.chunks();
   // Every configuration field by name (the table's text forms: "auto", "bf16", ...).
   for (const auto& [name, value] : c.fields()) j[name] = value;
+  j["wire"] = std::string(to_string(c.wire_format()));  // what the rows really travelled as
   j["link"] = apps::link_summary(o.link);
   j["fwd_ms"] = fwd_ms;
   j["bwd_ms"] = bwd_ms;
@@ -309,12 +318,20 @@ int bench(comm::MpiCommunicator& world, const Options& o) {
   j["algbw_gbs"] = algbw;
   j["busbw_gbs"] = busbw;
   j["tokens_per_s"] = static_cast<double>(stats.total_tokens) / ((fwd_ms + bwd_ms) / 1e3);
+  j["total_tokens"] = stats.total_tokens;
   j["dropped_assignments"] = stats.dropped_assignments;
   j["dropped_tokens"] = stats.dropped_tokens;
   j["routing"] = o.routing_spec.text;
   j["load_max_over_mean"] = load.expert_max_over_mean;
   j["rank_load_max_over_mean"] = load.rank_max_over_mean;
   j["link_bytes_max"] = load.link_bytes_max;
+  // Across nodes (ranks_per_node, or the hosts): one forward's payload, whole group, both
+  // exchanges; and how many nodes each token's kept choices reach.
+  j["nodes"] = layer.topology().num_nodes;
+  j["internode_bytes"] = stats.internode_bytes;
+  j["internode_messages"] = stats.internode_messages;
+  j["nodes_per_token_mean"] = spread.mean;
+  j["nodes_per_token_max"] = spread.most;
   j["expert_counts"] = stats.expert_counts;
   j["expert_kept"] = stats.expert_kept;
   j["load_min"] = stats.load_min;
@@ -324,44 +341,87 @@ int bench(comm::MpiCommunicator& world, const Options& o) {
     j["fwd_phase_ms"][name] = series.median_ms("fwd." + name);
     j["bwd_phase_ms"][name] = series.median_ms("bwd." + name);
   }
-  if (o.json) {
-    std::cout << j.dump() << std::endl;
-    return 0;
-  }
+  return j;
+}
 
-  const std::int64_t assignments = stats.total_tokens * c.top_k;
-  std::printf("moe-bench: %d ranks x %lld tokens, %s, link %s, chunks used %d\n", p_size,
-              static_cast<long long>(o.tokens), c.summary().c_str(), apps::link_summary(o.link).c_str(),
-              layer.chunks());
+void print_table(const nlohmann::json& j, const Options& o) {
+  const auto counts = j["expert_counts"].get<std::vector<std::int64_t>>();
+  const auto kept = j["expert_kept"].get<std::vector<std::int64_t>>();
+  const auto total_tokens = j["total_tokens"].get<std::int64_t>();
+  const auto dropped = j["dropped_assignments"].get<std::int64_t>();
+  const auto ms = [&](const char* key) { return j[key].get<double>(); };
+  const std::int64_t assignments = total_tokens * o.layer.config.top_k;
+  std::printf("moe-bench: %d ranks x %lld tokens, %s, link %s, chunks used %d\n", j["ranks"].get<int>(),
+              static_cast<long long>(o.tokens), j["config"].get<std::string>().c_str(),
+              j["link"].get<std::string>().c_str(), j["chunks"].get<int>());
   std::printf("routing %s: load max/mean %.3f (experts), %.3f (ranks' kept rows)\n",
-              o.routing_spec.text.c_str(), load.expert_max_over_mean, load.rank_max_over_mean);
+              o.routing_spec.text.c_str(), ms("load_max_over_mean"), ms("rank_load_max_over_mean"));
   std::printf("routing: %lld assignments, %lld dropped (%.2f%%), %lld tokens lost every choice\n",
-              static_cast<long long>(assignments), static_cast<long long>(stats.dropped_assignments),
-              assignments ? 100.0 * static_cast<double>(stats.dropped_assignments) / static_cast<double>(assignments) : 0.0,
-              static_cast<long long>(stats.dropped_tokens));
+              static_cast<long long>(assignments), static_cast<long long>(dropped),
+              assignments ? 100.0 * static_cast<double>(dropped) / static_cast<double>(assignments) : 0.0,
+              static_cast<long long>(j["dropped_tokens"].get<std::int64_t>()));
   std::printf("\n%-8s %10s %10s\n", "expert", "assigned", "kept");
-  for (std::size_t e = 0; e < stats.expert_counts.size(); ++e) {
-    std::printf("%-8zu %10lld %10lld\n", e, static_cast<long long>(stats.expert_counts[e]),
-                static_cast<long long>(stats.expert_kept[e]));
+  for (std::size_t e = 0; e < counts.size(); ++e) {
+    std::printf("%-8zu %10lld %10lld\n", e, static_cast<long long>(counts[e]), static_cast<long long>(kept[e]));
   }
   std::printf("\nmedians of %d iterations, slowest rank, ms\n", o.iters);
   std::printf("%-16s %10s %10s\n", "phase", "forward", "backward");
   for (std::size_t p = 0; p < kNumPhases; ++p) {
     const std::string name(kPhaseNames[p]);
-    std::printf("%-16s %10.3f %10.3f\n", name.c_str(), series.median_ms("fwd." + name),
-                series.median_ms("bwd." + name));
+    std::printf("%-16s %10.3f %10.3f\n", name.c_str(), j["fwd_phase_ms"][name].get<double>(),
+                j["bwd_phase_ms"][name].get<double>());
   }
-  std::printf("%-16s %10.3f %10.3f   %.0f tokens/s (forward+backward)\n", "total", fwd_ms, bwd_ms,
-              j["tokens_per_s"].get<double>());
-  std::printf("%-16s %10.3f %10.3f   %.1f GFLOP/s per rank\n", "expert GEMMs", gemm_fwd_ms,
-              gemm_bwd_ms, j["gemm_gflops"].get<double>());
-  std::printf("\n%-34s %8.3f\n", "(fwd + bwd) / (GEMMs alone)", j["layer_over_gemm"].get<double>());
-  std::printf("%-34s %8.3f ms  algbw %.2f GB/s  busbw %.2f GB/s\n", "exchanges of one forward",
-              exchange_ms, algbw, busbw);
+  std::printf("%-16s %10.3f %10.3f   %.0f tokens/s (forward+backward)\n", "total", ms("fwd_ms"),
+              ms("bwd_ms"), ms("tokens_per_s"));
+  std::printf("%-16s %10.3f %10.3f   %.1f GFLOP/s per rank (compute %s)\n", "expert GEMMs",
+              ms("gemm_fwd_ms"), ms("gemm_bwd_ms"), ms("gemm_gflops"), j["compute"].get<std::string>().c_str());
+  std::printf("\n%-34s %8.3f\n", "(fwd + bwd) / (GEMMs alone)", ms("layer_over_gemm"));
+  std::printf("%-34s %8.3f ms  algbw %.2f GB/s  busbw %.2f GB/s (%s wire)\n", "exchanges of one forward",
+              ms("exchange_ms"), ms("algbw_gbs"), ms("busbw_gbs"), j["wire"].get<std::string>().c_str());
   std::printf("%-34s %8.3f     (expert compute %.3f ms)\n", "forward / max(exchange, compute)",
-              j["fwd_over_max_exchange_compute"].get<double>(), compute_ms);
-  std::printf("%-34s %8.3f ms  (ratio %.3f)\n", "plain MPI_Alltoallv, same bytes", raw_ms,
-              j["exchange_over_raw"].get<double>());
+              ms("fwd_over_max_exchange_compute"), ms("compute_ms"));
+  std::printf("%-34s %8.3f ms  (ratio %.3f)\n", "plain MPI_Alltoallv, same bytes", ms("raw_alltoallv_ms"),
+              ms("exchange_over_raw"));
+  std::printf("%-34s %8.1f MB in %lld messages (%d nodes; a token reaches %.2f nodes, at most %lld)\n",
+              "between nodes, one forward", ms("internode_bytes") / 1e6,
+              j["internode_messages"].get<long long>(), j["nodes"].get<int>(), ms("nodes_per_token_mean"),
+              j["nodes_per_token_max"].get<long long>());
+}
+
+// The two precisions side by side (`a` as run first, `b` the other), and b's speed-up over a.
+void print_comparison(const nlohmann::json& a, const nlohmann::json& b) {
+  std::printf("\n%-28s %12s %12s\n", "compute", a["compute"].get<std::string>().c_str(),
+              b["compute"].get<std::string>().c_str());
+  for (const char* key : {"fwd_ms", "bwd_ms", "gemm_fwd_ms", "gemm_bwd_ms", "gemm_gflops", "layer_over_gemm",
+                          "exchange_ms", "fwd_over_max_exchange_compute"}) {
+    std::printf("%-28s %12.3f %12.3f\n", key, a[key].get<double>(), b[key].get<double>());
+  }
+  std::printf("%-28s %12s %12.3f\n", "speed-up of fwd+bwd", "", b["speedup_over_first"].get<double>());
+}
+
+int bench(comm::MpiCommunicator& world, const Options& o) {
+  apps::apply_watchdog(o.execution, world);
+  nlohmann::json j = measure(world, o, o.layer.config);
+  nlohmann::json other;
+  if (o.compare_compute) {
+    MoeConfig c = o.layer.config;
+    c.compute = c.compute == experts::Compute::fp32 ? experts::Compute::bf16 : experts::Compute::fp32;
+    other = measure(world, o, c);
+  }
+  if (world.rank() != 0) return 0;
+  if (o.compare_compute) {
+    const double first = j["fwd_ms"].get<double>() + j["bwd_ms"].get<double>();
+    const double second = other["fwd_ms"].get<double>() + other["bwd_ms"].get<double>();
+    other["speedup_over_first"] = second > 0 ? first / second : 0.0;
+    // The other precision's figures, under its compute name ("bf16": {...}).
+    j[other["compute"].get<std::string>()] = other;
+  }
+  if (o.json) {
+    std::cout << j.dump() << std::endl;
+    return 0;
+  }
+  print_table(j, o);
+  if (o.compare_compute) print_comparison(j, other);
   return 0;
 }
 

@@ -124,6 +124,14 @@ void TrainModel::init(std::uint64_t seed) {
   }
   // The selection bias starts at zero, as in DeepSeek-V3.
   for (Buffer& b : buffers_) std::fill(b.value.begin(), b.value.end(), 0.0f);
+  parameters_changed();
+}
+
+void TrainModel::parameters_changed() {
+  for (auto& block : blocks_) {
+    if (block->moe) block->moe->parameters_changed();
+    else block->ffn.mark_changed();
+  }
 }
 
 void TrainModel::update_selection_biases() {
@@ -167,7 +175,7 @@ ForwardSummary TrainModel::forward(std::span<const float> x, std::span<const flo
       summary.load_max_over_mean += r.stats.load_max_over_mean / static_cast<double>(blocks_.size());
     } else {
       const std::int64_t offsets[2] = {0, tokens_};
-      experts::ffn_forward(b.ffn, b.normed, offsets, b.out, b.ffn_saved);
+      experts::ffn_forward(b.ffn, b.normed, offsets, b.out, b.ffn_saved, config_.layer.compute);
     }
     residual_[i + 1].resize(rows);
     for (std::size_t j = 0; j < rows; ++j) residual_[i + 1][j] = residual_[i][j] + b.out[j];

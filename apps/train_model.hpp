@@ -87,6 +87,10 @@ class TrainModel {
   // parameter name: independent of the rank count.
   void init(std::uint64_t seed);
 
+  // Call after writing the parameters through parameters() (an optimizer step, a checkpoint
+  // load): the expert weights' bf16 copies (compute=bf16) are then remade by the next forward.
+  void parameters_changed();
+
   // Collective. Forward of this rank's tokens x [T, d] against target [T, d_out]; keeps what
   // backward needs. `group_tokens` is the token count of this rank's expert-parallel group (the
   // MSE of the group is taken over it).

@@ -165,6 +165,7 @@ std::int64_t resume(comm::Communicator& world, const TrainOptions& o, TrainModel
     adam_steps = index.metadata.at("adam_steps").get<std::int64_t>();
   });
   load_checkpoint(world, index, checkpoint_tensors(model, adam, true, true));
+  model.parameters_changed();
   return step;
 }
 
@@ -301,6 +302,7 @@ ForwardSummary train_step(comm::Communicator& world, const TrainOptions& o, cons
   const double done = static_cast<double>(step + 1);
   const double warmup = o.warmup_steps > 0 ? std::min(1.0, done / static_cast<double>(o.warmup_steps)) : 1.0;
   adam.step(o.adam.lr * warmup);
+  model.parameters_changed();
   const auto t5 = Clock::now();
   auto seconds = [](Clock::time_point a, Clock::time_point b) {
     return std::chrono::duration<double>(b - a).count();

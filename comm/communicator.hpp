@@ -50,6 +50,11 @@ class Communicator {
   // A rank that passes a "no group" color (MPI_UNDEFINED for MPI) gets nullptr.
   virtual std::unique_ptr<Communicator> split(int color, int key) const = 0;
 
+  // Collective: the lowest rank of this communicator on this rank's host, i.e. among the ranks
+  // that share memory with it (MPI: MPI_Comm_split_type with MPI_COMM_TYPE_SHARED). Ranks on one
+  // host get the same value; comm/node_topology.hpp builds the node layout from it.
+  virtual int host_leader() const = 0;
+
   // All-to-all with per-peer byte counts. Block p of `send` (send_bytes[p] bytes, blocks packed
   // back to back in peer order) goes to rank p; block q of `recv` comes from rank q. Both spans of
   // counts have size() entries. Correct for any total beyond 2^31 bytes.

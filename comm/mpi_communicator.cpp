@@ -128,6 +128,21 @@ std::unique_ptr<MpiCommunicator> MpiCommunicator::split_mpi(int color, int key) 
   return child;
 }
 
+int MpiCommunicator::host_leader() const {
+  check_usable("host_leader");
+  MPI_Comm shared = MPI_COMM_NULL;
+  MOE_CHECK_MPI(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &shared));
+  int leader = rank_;
+  try {
+    MOE_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &leader, 1, MPI_INT, MPI_MIN, shared));
+  } catch (...) {
+    MPI_Comm_free(&shared);
+    throw;
+  }
+  MPI_Comm_free(&shared);
+  return leader;
+}
+
 bool MpiCommunicator::any_rank(bool local) {
   int flag = local ? 1 : 0;
   if (wait_mode_ == WaitMode::spin && timeout_seconds_ <= 0) {

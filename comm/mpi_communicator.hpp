@@ -65,6 +65,7 @@ class MpiCommunicator final : public Communicator {
   // group: that rank gets nullptr. The new communicator keeps max_message_bytes(), the timeout
   // and the watchdog action.
   std::unique_ptr<Communicator> split(int color, int key) const override;
+  int host_leader() const override;
 
   // split() with the concrete type, for callers that need native() of the result.
   std::unique_ptr<MpiCommunicator> split_mpi(int color, int key) const;

@@ -209,6 +209,13 @@ std::unique_ptr<Communicator> NcclCommunicator::split(int color, int key) const 
   return child;
 }
 
+int NcclCommunicator::host_leader() const {
+  check_usable("host_leader");
+  int leader = 0;
+  while (peer_hosts_[static_cast<std::size_t>(leader)] != host_) ++leader;
+  return leader;
+}
+
 void NcclCommunicator::set_timeout(double seconds) {
   if (!(seconds >= 0)) {
     throw std::invalid_argument("NcclCommunicator::set_timeout: seconds must be >= 0, got " +

@@ -61,6 +61,9 @@ class NcclCommunicator final : public Communicator {
   // Collective (ncclCommSplit). A rank passing a negative color joins no group and gets nullptr.
   // The new communicator keeps the timeout and the watchdog action.
   std::unique_ptr<Communicator> split(int color, int key) const override;
+  // NCCL has no shared-memory split: the lowest rank with the same host name (gathered at
+  // creation), which is the same grouping on machines with distinct host names.
+  int host_leader() const override;
 
   // Collective: grouped ncclSend/ncclRecv, one pair per peer with a non-empty block. Same
   // preconditions as MpiCommunicator::alltoallv; NCCL counts are size_t, so no size limit applies.

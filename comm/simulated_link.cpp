@@ -68,22 +68,56 @@ std::size_t allreduce_link_bytes(int num_ranks, std::size_t data_bytes) {
 
 SimulatedLinkCommunicator::SimulatedLinkCommunicator(std::unique_ptr<Communicator> inner,
                                                      const LinkModel& model)
+    : SimulatedLinkCommunicator(std::move(inner), model, model, {}) {}
+
+SimulatedLinkCommunicator::SimulatedLinkCommunicator(Communicator& inner, const LinkModel& model)
+    : SimulatedLinkCommunicator(inner, model, model, {}) {}
+
+SimulatedLinkCommunicator::SimulatedLinkCommunicator(Communicator& inner, const LinkModel& inside,
+                                                     const LinkModel& between,
+                                                     std::vector<int> node_of_rank)
+    : inner_(inner), model_(inside), between_(between), node_of_rank_(std::move(node_of_rank)) {
+  count_peers();
+}
+
+SimulatedLinkCommunicator::SimulatedLinkCommunicator(std::unique_ptr<Communicator> inner,
+                                                     const LinkModel& inside,
+                                                     const LinkModel& between,
+                                                     std::vector<int> node_of_rank)
     : owned_(std::move(inner)),
       inner_(owned_ ? *owned_
                     : throw std::invalid_argument("SimulatedLinkCommunicator: null communicator")),
-      model_(model) {
-  model_.validate();
+      model_(inside), between_(between), node_of_rank_(std::move(node_of_rank)) {
+  count_peers();
 }
 
-SimulatedLinkCommunicator::SimulatedLinkCommunicator(Communicator& inner, const LinkModel& model)
-    : inner_(inner), model_(model) {
+void SimulatedLinkCommunicator::count_peers() {
   model_.validate();
+  between_.validate();
+  if (!node_of_rank_.empty() && node_of_rank_.size() != static_cast<std::size_t>(inner_.size())) {
+    throw std::invalid_argument("SimulatedLinkCommunicator: " + std::to_string(node_of_rank_.size()) +
+                                " nodes given for " + std::to_string(inner_.size()) + " ranks");
+  }
+  inside_peers_ = between_peers_ = 0;
+  for (std::size_t p = 0; p < static_cast<std::size_t>(inner_.size()); ++p) {
+    if (p == static_cast<std::size_t>(inner_.rank())) continue;
+    ++(same_node(p) ? inside_peers_ : between_peers_);
+  }
+}
+
+bool SimulatedLinkCommunicator::same_node(std::size_t peer) const {
+  return node_of_rank_.empty() ||
+         node_of_rank_[peer] == node_of_rank_[static_cast<std::size_t>(inner_.rank())];
 }
 
 void SimulatedLinkCommunicator::complete_no_earlier(Clock::time_point start,
-                                                    std::size_t bytes) const {
+                                                    std::size_t inside_bytes,
+                                                    std::size_t between_bytes) const {
   if (inner_.size() <= 1) return;
-  const Clock::time_point deadline = start + model_.transfer_time(bytes);
+  std::chrono::nanoseconds wait{0};
+  if (inside_peers_ > 0) wait = model_.transfer_time(inside_bytes);
+  if (between_peers_ > 0) wait = std::max(wait, between_.transfer_time(between_bytes));
+  const Clock::time_point deadline = start + wait;
   // A sleeping thread leaves the core to compute; the loop guards against an early wake-up.
   while (Clock::now() < deadline) std::this_thread::sleep_until(deadline);
 }
@@ -93,7 +127,15 @@ std::unique_ptr<Communicator> SimulatedLinkCommunicator::split(int color, int ke
   std::unique_ptr<Communicator> sub = inner_.split(color, key);
   complete_no_earlier(start, 0);
   if (!sub) return nullptr;
-  return std::make_unique<SimulatedLinkCommunicator>(std::move(sub), model_);
+  std::vector<int> nodes;
+  if (!node_of_rank_.empty()) {
+    // The members' nodes, in the new communicator's rank order.
+    const int mine = node_of_rank_[static_cast<std::size_t>(inner_.rank())];
+    nodes.resize(static_cast<std::size_t>(sub->size()));
+    sub->allgather(reinterpret_cast<const std::byte*>(&mine), reinterpret_cast<std::byte*>(nodes.data()),
+                   sizeof(int));
+  }
+  return std::make_unique<SimulatedLinkCommunicator>(std::move(sub), model_, between_, std::move(nodes));
 }
 
 void SimulatedLinkCommunicator::alltoallv(const std::byte* send,
@@ -102,39 +144,53 @@ void SimulatedLinkCommunicator::alltoallv(const std::byte* send,
                                           std::span<const std::size_t> recv_bytes) {
   const auto start = Clock::now();
   inner_.alltoallv(send, send_bytes, recv, recv_bytes);
-  complete_no_earlier(start, alltoallv_link_bytes(rank(), send_bytes, recv_bytes));
+  // Per class: the busier direction, leaving out this rank's own block.
+  std::size_t sent[2] = {0, 0}, received[2] = {0, 0};
+  for (std::size_t p = 0; p < send_bytes.size(); ++p) {
+    if (p == static_cast<std::size_t>(rank())) continue;
+    const int between = same_node(p) ? 0 : 1;
+    sent[between] += send_bytes[p];
+    received[between] += recv_bytes[p];
+  }
+  complete_no_earlier(start, std::max(sent[0], received[0]), std::max(sent[1], received[1]));
 }
 
 void SimulatedLinkCommunicator::alltoall(const std::byte* send, std::byte* recv,
                                          std::size_t block_bytes) {
   const auto start = Clock::now();
   inner_.alltoall(send, recv, block_bytes);
-  complete_no_earlier(start, alltoall_link_bytes(size(), block_bytes));
+  complete_no_earlier(start, inside_peers_ * block_bytes, between_peers_ * block_bytes);
 }
 
 void SimulatedLinkCommunicator::allgather(const std::byte* send, std::byte* recv,
                                           std::size_t block_bytes) {
   const auto start = Clock::now();
   inner_.allgather(send, recv, block_bytes);
-  complete_no_earlier(start, allgather_link_bytes(size(), block_bytes));
+  complete_no_earlier(start, inside_peers_ * block_bytes, between_peers_ * block_bytes);
+}
+
+void SimulatedLinkCommunicator::reduce_no_earlier(Clock::time_point start, std::size_t data_bytes) const {
+  // The ring passes every rank: across nodes it runs at the speed of the slower class.
+  const std::size_t bytes = allreduce_link_bytes(size(), data_bytes);
+  complete_no_earlier(start, between_peers_ > 0 ? 0 : bytes, between_peers_ > 0 ? bytes : 0);
 }
 
 void SimulatedLinkCommunicator::allreduce(std::span<float> data, ReduceOp op) {
   const auto start = Clock::now();
   inner_.allreduce(data, op);
-  complete_no_earlier(start, allreduce_link_bytes(size(), data.size_bytes()));
+  reduce_no_earlier(start, data.size_bytes());
 }
 
 void SimulatedLinkCommunicator::allreduce(std::span<double> data, ReduceOp op) {
   const auto start = Clock::now();
   inner_.allreduce(data, op);
-  complete_no_earlier(start, allreduce_link_bytes(size(), data.size_bytes()));
+  reduce_no_earlier(start, data.size_bytes());
 }
 
 void SimulatedLinkCommunicator::allreduce(std::span<std::int64_t> data, ReduceOp op) {
   const auto start = Clock::now();
   inner_.allreduce(data, op);
-  complete_no_earlier(start, allreduce_link_bytes(size(), data.size_bytes()));
+  reduce_no_earlier(start, data.size_bytes());
 }
 
 void SimulatedLinkCommunicator::barrier() {

@@ -13,6 +13,13 @@
 //   split       0 bytes: latency only (its colors and keys are a few bytes)
 // A communicator of one rank crosses no link: its operations add no delay at all.
 //
+// Two classes of link (the constructor with a node per rank): peers on this rank's node are
+// reached over `inside`, the others over `between`, each with its own latency and bandwidth, as on
+// a cluster (NVLink or shared memory inside a node, the network between nodes). An operation then
+// costs the longer of its two classes' times, each computed as above over the bytes that cross
+// that class (a class this communicator has no peer in costs nothing); an all-reduce spanning
+// nodes is costed on `between` whole.
+//
 // The wrapped operation runs first, then this thread sleeps (std::this_thread::sleep_until on the
 // steady clock, no spinning) until the modeled completion time, so completion is
 // max(real completion, entry + model) and a compute thread sharing the core keeps running while
@@ -32,6 +39,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "comm/communicator.hpp"
 
@@ -68,7 +76,14 @@ class SimulatedLinkCommunicator final : public Communicator {
   // program already holds).
   SimulatedLinkCommunicator(Communicator& inner, const LinkModel& model);
 
+  // Two classes: node_of_rank[r] is the node of rank r of `inner` (size() entries).
+  SimulatedLinkCommunicator(Communicator& inner, const LinkModel& inside, const LinkModel& between,
+                            std::vector<int> node_of_rank);
+  SimulatedLinkCommunicator(std::unique_ptr<Communicator> inner, const LinkModel& inside,
+                            const LinkModel& between, std::vector<int> node_of_rank);
+
   const LinkModel& model() const noexcept { return model_; }
+  const LinkModel& between_nodes() const noexcept { return between_; }
   Communicator& inner() const noexcept { return inner_; }
 
   int rank() const override { return inner_.rank(); }
@@ -77,6 +92,7 @@ class SimulatedLinkCommunicator final : public Communicator {
 
   // The wrapped communicator's split, decorated with the same model (nullptr stays nullptr).
   std::unique_ptr<Communicator> split(int color, int key) const override;
+  int host_leader() const override { return inner_.host_leader(); }
 
   void alltoallv(const std::byte* send, std::span<const std::size_t> send_bytes, std::byte* recv,
                  std::span<const std::size_t> recv_bytes) override;
@@ -92,12 +108,20 @@ class SimulatedLinkCommunicator final : public Communicator {
   void set_context(const OperationContext& context) override { inner_.set_context(context); }
 
  private:
-  // Sleeps until `start` + the model's time for `bytes`; no delay on a one-rank communicator.
-  void complete_no_earlier(std::chrono::steady_clock::time_point start, std::size_t bytes) const;
+  // Sleeps until `start` + the model's time for the bytes crossing each class; no delay on a
+  // one-rank communicator.
+  void complete_no_earlier(std::chrono::steady_clock::time_point start, std::size_t inside_bytes,
+                           std::size_t between_bytes = 0) const;
+  void reduce_no_earlier(std::chrono::steady_clock::time_point start, std::size_t data_bytes) const;
+  void count_peers();
+  bool same_node(std::size_t peer) const;
 
   std::unique_ptr<Communicator> owned_;  // null when wrapping by reference
   Communicator& inner_;
-  LinkModel model_;
+  LinkModel model_;    // inside a node (every peer with one class)
+  LinkModel between_;  // between nodes
+  std::vector<int> node_of_rank_;  // empty: one class
+  std::size_t inside_peers_ = 0, between_peers_ = 0;
 };
 
 }  // namespace moe::comm

@@ -22,11 +22,17 @@ std::string_view to_string(DropPolicy policy) {
 std::optional<ExchangeKind> parse_exchange_kind(std::string_view name) {
   if (name == "variable") return ExchangeKind::variable;
   if (name == "padded") return ExchangeKind::padded;
+  if (name == "hierarchical") return ExchangeKind::hierarchical;
   return std::nullopt;
 }
 
 std::string_view to_string(ExchangeKind kind) {
-  return kind == ExchangeKind::variable ? "variable" : "padded";
+  switch (kind) {
+    case ExchangeKind::variable: return "variable";
+    case ExchangeKind::padded: return "padded";
+    case ExchangeKind::hierarchical: return "hierarchical";
+  }
+  return "?";
 }
 
 std::optional<GateKind> parse_gate_kind(std::string_view name) {

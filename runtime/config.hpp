@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "experts/activation.hpp"
+#include "experts/compute.hpp"
 #include "runtime/wire_format.hpp"
 
 namespace moe {
@@ -34,10 +35,13 @@ enum class CapacityScope { rank, global };
 std::optional<CapacityScope> parse_capacity_scope(std::string_view name);
 std::string_view to_string(CapacityScope scope);
 
-// How rows are exchanged: `variable` sends each expert's kept rows after a count exchange;
-// `padded` sends every (source, expert) pair a fixed block of capacity slots with the row count in
-// its header, so no count exchange precedes the payload (not for dropless layers: no capacity).
-enum class ExchangeKind { variable, padded };
+// How rows are exchanged. Two flat exchanges (one all-to-all over every rank): `variable` sends
+// each expert's kept rows after a count exchange; `padded` sends every (source, expert) pair a
+// fixed block of capacity slots with the row count in its header, so no count exchange precedes
+// the payload (not for dropless layers: no capacity). `hierarchical` (comm/hierarchical_exchange.hpp)
+// sends each token once per destination node and fans it out inside the node; the way back sums
+// inside the node first. It runs one chunk in fp32 (its relays sum rows: see its field's rule).
+enum class ExchangeKind { variable, padded, hierarchical };
 std::optional<ExchangeKind> parse_exchange_kind(std::string_view name);
 std::string_view to_string(ExchangeKind kind);
 
@@ -69,11 +73,22 @@ struct MoeConfig {
   // Execution: how the layer runs, never what it computes (SPEC.md section 9).
   std::int64_t overlap_chunks = 1;  // pipeline chunks; 0 = auto, chosen from the first call's timings
   ExchangeKind exchange = ExchangeKind::variable;
-  WireFormat wire = WireFormat::fp32;  // bf16 only when asked for (relative error <= 1e-2)
+  // Ranks per node (consecutive blocks), for the hierarchical exchange and the statistics of
+  // inter-node traffic; 0: the hosts as MPI sees them (comm/node_topology.hpp).
+  std::int64_t ranks_per_node = 0;
+  // Precision of the expert GEMMs (routed and shared experts; the router stays fp32, see
+  // README "bf16 compute"): bf16 only when asked for (relative error <= 1e-2).
+  experts::Compute compute = experts::Compute::fp32;
+  // Format of exchanged rows; unset ("auto"): the compute precision's, so compute=bf16 sends bf16
+  // unless the wire was set to fp32. Read it through wire_format().
+  std::optional<WireFormat> wire;
   bool check_finite = false;  // refuse NaN/Inf in inputs and output gradients (one pass over each)
   std::string label = "moe";  // names the layer in diagnostics (watchdog, errors)
 
   bool dropless() const { return capacity_factor <= 0.0; }
+  WireFormat wire_format() const {
+    return wire ? *wire : compute == experts::Compute::bf16 ? WireFormat::bf16 : WireFormat::fp32;
+  }
   bool has_shared_expert() const { return d_shared_hidden > 0; }
   std::int64_t groups_per_token() const { return topk_group > 0 ? topk_group : n_group; }
 
@@ -93,7 +108,7 @@ struct MoeConfig {
   // check they run the same layer (the label is left out: it only names the layer).
   std::vector<std::pair<std::string, std::string>> fields() const;
 
-  // One line for logs: "num_experts=8 d_model=512 ... wire=fp32".
+  // One line for logs: "num_experts=8 d_model=512 ... wire=auto".
   std::string summary() const;
 };
 

@@ -95,6 +95,26 @@ std::string topk_group_rule(const MoeConfig& c) {
   return {};
 }
 
+std::string exchange_rule(const MoeConfig& c) {
+  // Padded blocks hold `capacity` slots; a dropless layer has no capacity to size them.
+  if (c.exchange == ExchangeKind::padded && c.dropless()) {
+    return "needs a capacity, but capacity_factor=" + format_double(c.capacity_factor) +
+           " makes the layer dropless; use the variable exchange";
+  }
+  // The relays of the two-level exchange sum expert outputs of a whole pass per (token, node),
+  // so it does not split the pass into chunks, and it sums in fp32, which a bf16 wire would
+  // round once more on each level.
+  if (c.exchange == ExchangeKind::hierarchical && c.overlap_chunks != 1) {
+    return "runs the whole pass as one chunk: set overlap_chunks=1 (it is " +
+           (c.overlap_chunks == 0 ? std::string("auto") : std::to_string(c.overlap_chunks)) + ")";
+  }
+  if (c.exchange == ExchangeKind::hierarchical && c.wire_format() != WireFormat::fp32) {
+    return std::string("sends fp32 rows (its relays add partial sums): set wire=fp32") +
+           (c.wire ? "" : " (wire=auto follows compute=bf16)");
+  }
+  return {};
+}
+
 ConfigField with_option(std::string_view option, ConfigField field) {
   field.option = option;
   return field;
@@ -161,17 +181,30 @@ const std::vector<ConfigField>& table() {
                     return c.overlap_chunks >= 0 && c.overlap_chunks <= kMaxOverlapChunks
                                ? std::string() : "is outside 1..64 (or auto)";
                   }},
-      choice("exchange", K::execution, &M::exchange, {parse_exchange_kind, to_string, "variable, padded"},
-             [](const M& c) {
-               // Padded blocks hold `capacity` slots; a dropless layer has no capacity to size them.
-               return c.exchange == ExchangeKind::padded && c.dropless()
-                          ? "needs a capacity, but capacity_factor=" + format_double(c.capacity_factor) +
-                                " makes the layer dropless; use the variable exchange"
-                          : std::string();
-             },
-             "variable (counts, then rows) | padded (capacity slots, no count exchange)"),
-      choice("wire", K::execution, &M::wire, {parse_wire_format, to_string, "fp32, bf16"}, no_rule,
-             "format of exchanged rows: fp32 | bf16 (relative error <= 1e-2)"),
+      choice("exchange", K::execution, &M::exchange,
+             {parse_exchange_kind, to_string, "variable, padded, hierarchical"}, exchange_rule,
+             "variable (counts, then rows) | padded (capacity slots, no count exchange) | "
+             "hierarchical (a token crosses once per destination node, fanned out inside it)"),
+      number("ranks_per_node", K::execution, &M::ranks_per_node, at_least(&M::ranks_per_node, 0),
+             "ranks per node (consecutive blocks) for the hierarchical exchange and inter-node "
+             "statistics; 0: the hosts as MPI sees them"),
+      choice("compute", K::execution, &M::compute,
+             {experts::parse_compute, experts::to_string, "fp32, bf16"}, no_rule,
+             "precision of the expert GEMMs: fp32 | bf16 (fp32 accumulation and master weights; "
+             "relative error <= 1e-2)"),
+      ConfigField{"wire", K::execution,
+                  "format of exchanged rows: fp32 | bf16 (relative error <= 1e-2) | auto (that of compute)",
+                  [](const M& c) { return c.wire ? std::string(to_string(*c.wire)) : std::string("auto"); },
+                  [](M& c, std::string_view text) {
+                    if (text == "auto") {
+                      c.wire.reset();
+                      return;
+                    }
+                    const auto format = parse_wire_format(text);
+                    if (!format) throw Error("wire '" + std::string(text) + "' is not one of: fp32, bf16, auto");
+                    c.wire = *format;
+                  },
+                  no_rule},
       number("check_finite", K::execution, &M::check_finite, no_rule,
              "refuse NaN or infinite inputs and output gradients"),
   };

@@ -67,6 +67,13 @@ MoeLayer::MoeLayer(const MoeConfig& config, comm::Communicator& ep_comm)
   set_phase("construction");
   collectively(comm_, [&] { config_.validate(); });
   check_consistency();
+  set_phase("node topology");
+  collectively(comm_, [&] {
+    topology_ = comm::discover_node_topology(comm_, static_cast<int>(config_.ranks_per_node));
+  });
+  if (config_.exchange == ExchangeKind::hierarchical) {
+    hierarchical_ = std::make_unique<comm::HierarchicalExchange>(comm_, topology_, config_.d_model);
+  }
   gate_weight_.assign(static_cast<std::size_t>(config_.num_experts * config_.d_model), 0.0f);
   selection_bias_.assign(static_cast<std::size_t>(config_.num_experts), 0.0f);
   experts_ = experts::ExpertShard(
@@ -93,8 +100,9 @@ MoeLayer::MoeLayer(const MoeConfig& config, comm::Communicator& ep_comm)
     empty_exchange_seconds_ = best;
   }
   // The shared expert needs no remote rows: it is computed while the dispatch travels, so the
-  // exchanges then run on the communication thread even with one chunk.
-  if (chunks_ > 1 || config_.has_shared_expert()) start_worker();
+  // exchanges then run on the communication thread even with one chunk (not the hierarchical
+  // exchange's: they run on this thread).
+  if ((chunks_ > 1 || config_.has_shared_expert()) && !hierarchical_) start_worker();
 }
 
 MoeLayer::~MoeLayer() = default;
@@ -138,27 +146,22 @@ void MoeLayer::set_phase(const char* phase) {
 
 void MoeLayer::grow_receive_side(ForwardContext& ctx) {
   const DispatchPlan& plan = ctx.plan_;
-  const std::int64_t d = config_.d_model, h = config_.d_hidden;
+  const std::int64_t d = config_.d_model;
   const auto row_bytes = static_cast<std::int64_t>(wire_row_bytes());
   grow(send_wire_, plan.num_send_rows() * row_bytes);
   grow(ctx.returned_, plan.num_send_rows() * row_bytes);
   grow(recv_wire_, plan.num_recv_rows() * row_bytes);
   grow(ctx.expert_input_, plan.num_recv_rows() * d);
   grow(expert_rows_, plan.num_recv_rows() * d);
+  if (hierarchical_) grow(row_values_, plan.num_send_rows());
   if (static_cast<int>(ctx.ffn_.size()) < plan.num_chunks) ctx.ffn_.resize(static_cast<std::size_t>(plan.num_chunks));
   // The experts' saved activations too, so no chunk's computation allocates mid-pipeline.
   for (int c = 0; c < plan.num_chunks; ++c) {
-    experts::FfnActivations& saved = ctx.ffn_[static_cast<std::size_t>(c)];
-    const std::int64_t hidden = plan.chunk_recv_rows(c) * h;
-    grow(saved.hidden_pre, hidden);
-    grow(saved.hidden_act, hidden);
-    if (experts::is_gated(config_.activation)) grow(saved.hidden_gate, hidden);
+    experts::reserve(ctx.ffn_[static_cast<std::size_t>(c)], plan.chunk_recv_rows(c), experts_.shape(),
+                     config_.compute);
   }
   if (config_.has_shared_expert()) {
-    const std::int64_t hidden = plan.num_tokens * config_.d_shared_hidden;
-    grow(ctx.shared_ffn_.hidden_pre, hidden);
-    grow(ctx.shared_ffn_.hidden_act, hidden);
-    if (experts::is_gated(config_.activation)) grow(ctx.shared_ffn_.hidden_gate, hidden);
+    experts::reserve(ctx.shared_ffn_, plan.num_tokens, shared_expert_.shape(), config_.compute);
     grow(shared_rows_, plan.num_tokens * d);
   }
 }
@@ -170,6 +173,11 @@ void MoeLayer::start_worker() {
   worker_ = std::make_unique<ExchangeWorker>(*worker_comm_);
 }
 
+void MoeLayer::parameters_changed() {
+  experts_.mark_changed();
+  shared_expert_.mark_changed();
+}
+
 void MoeLayer::zero_grad() {
   std::fill(gate_weight_grad_.begin(), gate_weight_grad_.end(), 0.0f);
   expert_grads_.set_zero();
@@ -177,7 +185,7 @@ void MoeLayer::zero_grad() {
 }
 
 std::size_t MoeLayer::wire_row_bytes() const {
-  return static_cast<std::size_t>(config_.d_model) * wire_value_bytes(config_.wire);
+  return static_cast<std::size_t>(config_.d_model) * wire_value_bytes(config_.wire_format());
 }
 
 const ForwardResult& MoeLayer::forward(std::span<const float> x, std::span<float> y,
@@ -192,7 +200,7 @@ const ForwardResult& MoeLayer::forward(std::span<const float> x, std::span<float
   const DispatchPlan& plan = ctx.plan_;
   set_phase("agree on receive buffers");
   agree_on_errors(comm_, late_error.empty() ? failure_of([&] { grow_receive_side(ctx); }) : late_error);
-  gather_rows(plan, x, wire(send_wire_.data()));
+  if (!hierarchical_) gather_rows(plan, x, wire(send_wire_.data()));
   clock.lap(Phase::permute);
 
   const std::int64_t d = config_.d_model;
@@ -202,14 +210,19 @@ const ForwardResult& MoeLayer::forward(std::span<const float> x, std::span<float
     if (!config_.has_shared_expert()) return;
     const auto start = Clock::now();
     experts::ffn_forward(shared_expert_, x, shared_offsets_, rows(shared_rows_, 0, plan.num_tokens, d),
-                         ctx.shared_ffn_);
+                         ctx.shared_ffn_, config_.compute);
     ctx.result_.stats.shared_expert_seconds = std::chrono::duration<double>(Clock::now() - start).count();
     clock.lap(Phase::experts);
   };
-  const double exchange_seconds =
-      run_pipeline(ctx, send_wire_.data(), ctx.returned_.data(), &MoeLayer::forward_chunk, clock,
-                   "dispatch", "return", shared_forward);
-  combine_rows(plan, ctx.router_.weight, wire(ctx.returned_.data()), y);
+  double exchange_seconds = 0;
+  if (hierarchical_) {
+    shared_forward();
+    exchange_seconds = run_hierarchical_forward(ctx, x, y, clock);
+  } else {
+    exchange_seconds = run_pipeline(ctx, send_wire_.data(), ctx.returned_.data(), &MoeLayer::forward_chunk,
+                                    clock, "dispatch", "return", shared_forward);
+    combine_rows(plan, ctx.router_.weight, wire(ctx.returned_.data()), y);
+  }
   if (config_.has_shared_expert()) {
     for (std::int64_t i = 0; i < plan.num_tokens * d; ++i) y[static_cast<std::size_t>(i)] += shared_rows_[static_cast<std::size_t>(i)];
   }
@@ -243,19 +256,13 @@ void MoeLayer::backward(std::span<const float> x, std::span<const float> dy, std
       grow(expert_grad_rows_, plan.num_recv_rows() * d);
       grow(d_logits_, plan.num_tokens * config_.num_experts);
       if (config_.has_shared_expert()) grow(shared_rows_, plan.num_tokens * d);
+      if (hierarchical_) grow(row_values_, plan.num_send_rows());
     });
   }
   set_phase("backward: agree on inputs");
   agree_on_errors(comm_, local_error);
 
   PhaseTimer clock(ctx.backward_seconds_);
-  combine_rows_backward(plan, ctx.router_.weight, wire(ctx.returned_.data()), dy,
-                        wire(send_wire_.data()), d_weight_);
-  zero_padding_rows(plan, wire(send_wire_.data()));
-  clock.lap(Phase::combine);
-
-  // The gradient of each expert output travels the dispatch route and the input gradient comes
-  // back into the same buffer: chunk c's return lands where chunk c's dispatch already left.
   shared_offsets_ = {0, plan.num_tokens};
   const auto shared_backward = [&] {
     if (!config_.has_shared_expert()) return;
@@ -263,11 +270,21 @@ void MoeLayer::backward(std::span<const float> x, std::span<const float> dy, std
                           rows(shared_rows_, 0, plan.num_tokens, d), shared_expert_grads_);
     clock.lap(Phase::experts);
   };
-  ctx.backward_exchange_seconds_ =
-      run_pipeline(ctx, send_wire_.data(), send_wire_.data(), &MoeLayer::backward_chunk, clock,
-                   "backward: gradients to experts", "backward: gradients back", shared_backward);
-
-  gather_rows_backward(plan, wire(send_wire_.data()), dx);
+  if (hierarchical_) {
+    shared_backward();
+    ctx.backward_exchange_seconds_ = run_hierarchical_backward(ctx, dy, dx, clock);
+  } else {
+    combine_rows_backward(plan, ctx.router_.weight, wire(ctx.returned_.data()), dy,
+                          wire(send_wire_.data()), d_weight_);
+    zero_padding_rows(plan, wire(send_wire_.data()));
+    clock.lap(Phase::combine);
+    // The gradient of each expert output travels the dispatch route and the input gradient comes
+    // back into the same buffer: chunk c's return lands where chunk c's dispatch already left.
+    ctx.backward_exchange_seconds_ =
+        run_pipeline(ctx, send_wire_.data(), send_wire_.data(), &MoeLayer::backward_chunk, clock,
+                     "backward: gradients to experts", "backward: gradients back", shared_backward);
+    gather_rows_backward(plan, wire(send_wire_.data()), dx);
+  }
   if (config_.has_shared_expert()) {
     for (std::int64_t i = 0; i < plan.num_tokens * d; ++i) dx[static_cast<std::size_t>(i)] += shared_rows_[static_cast<std::size_t>(i)];
   }
@@ -288,7 +305,7 @@ void MoeLayer::forward_chunk(MoeLayer& layer, ForwardContext& ctx, int c) {
   to_expert_order(plan, c, received, ctx.expert_input_);
   experts::ffn_forward(layer.experts_, rows(ctx.expert_input_, first, count, d),
                        plan.chunk_expert_offsets(c), rows(layer.expert_rows_, first, count, d),
-                       ctx.ffn_[static_cast<std::size_t>(c)]);
+                       ctx.ffn_[static_cast<std::size_t>(c)], layer.config_.compute);
   from_expert_order(plan, c, layer.expert_rows_, received);
 }
 
@@ -478,7 +495,7 @@ void MoeLayer::reduce_statistics(ForwardContext& ctx, double exchange_seconds) {
   const auto row_bytes = static_cast<std::int64_t>(wire_row_bytes());
   // Layout per rank: counts[E], kept[E], prob_sum[E], then the scalars below.
   enum Scalar { lse_sq, tokens, dropped_assignments, dropped_tokens, bytes_sent, bytes_received,
-                exchange_s, experts_s, num_scalars };
+                internode_bytes, internode_messages, exchange_s, experts_s, num_scalars };
   const std::int64_t width = 3 * num_experts + num_scalars;
   stat_local_.resize(static_cast<std::size_t>(width));
   stat_all_.resize(static_cast<std::size_t>(width * p_size));
@@ -499,6 +516,9 @@ void MoeLayer::reduce_statistics(ForwardContext& ctx, double exchange_seconds) {
                                    plan.num_recv_rows() - plan.recv_rows_from(me);
   scalars[bytes_sent] = static_cast<double>(remote_rows * row_bytes);
   scalars[bytes_received] = scalars[bytes_sent];
+  const comm::InterNodeTraffic internode = internode_traffic(ctx);
+  scalars[internode_bytes] = static_cast<double>(internode.bytes);
+  scalars[internode_messages] = static_cast<double>(internode.messages);
   scalars[exchange_s] = exchange_seconds;
   scalars[experts_s] = ctx.result_.stats.seconds(Phase::experts);
   set_phase("statistics");
@@ -518,6 +538,7 @@ void MoeLayer::reduce_statistics(ForwardContext& ctx, double exchange_seconds) {
   stats.bytes_sent.resize(static_cast<std::size_t>(p_size));
   stats.bytes_received.resize(static_cast<std::size_t>(p_size));
   stats.total_tokens = stats.dropped_assignments = stats.dropped_tokens = 0;
+  stats.internode_bytes = stats.internode_messages = 0;
   double lse_sq_total = 0;
   std::vector<double>& prob_sum = prob_sum_;
   prob_sum.assign(static_cast<std::size_t>(num_experts), 0.0);
@@ -535,6 +556,8 @@ void MoeLayer::reduce_statistics(ForwardContext& ctx, double exchange_seconds) {
     stats.dropped_tokens += static_cast<std::int64_t>(s[dropped_tokens]);
     stats.bytes_sent[r] = static_cast<std::int64_t>(s[bytes_sent]);
     stats.bytes_received[r] = static_cast<std::int64_t>(s[bytes_received]);
+    stats.internode_bytes += static_cast<std::int64_t>(s[internode_bytes]);
+    stats.internode_messages += static_cast<std::int64_t>(s[internode_messages]);
   }
 
   // SPEC.md section 7; both losses are 0 for an empty group.

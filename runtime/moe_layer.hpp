@@ -16,6 +16,8 @@
 #include <vector>
 
 #include "comm/communicator.hpp"
+#include "comm/hierarchical_exchange.hpp"
+#include "comm/node_topology.hpp"
 #include "experts/expert_shard.hpp"
 #include "experts/grouped_ffn.hpp"
 #include "runtime/config.hpp"
@@ -64,6 +66,7 @@ class ForwardContext {
   std::vector<experts::FfnActivations> ffn_;   // one per chunk
   experts::FfnActivations shared_ffn_;         // the shared expert's, over this rank's tokens
   std::vector<std::byte> returned_;            // expert outputs back home, send order, wire format
+  comm::HierarchicalRoute route_;              // exchange = hierarchical: what its backward needs
   ForwardResult result_;
   std::array<double, kNumPhases> backward_seconds_{};
   double backward_exchange_seconds_ = 0;
@@ -87,6 +90,8 @@ class MoeLayer {
   std::int64_t first_expert() const { return first_expert_of(ep_rank(), config_.num_experts, ep_size()); }
   // Chunks the next call will use: overlap_chunks, or what `auto` chose after the first call.
   int chunks() const { return chunks_; }
+  // The ranks of the group by node (ranks_per_node, or the hosts).
+  const comm::NodeTopology& topology() const { return topology_; }
 
   // The router's weight [E, d], replicated on every rank.
   std::span<float> gate_weight() { return gate_weight_; }
@@ -102,6 +107,12 @@ class MoeLayer {
   // until set; unused with softmax).
   std::span<float> selection_bias() { return selection_bias_; }
   std::span<const float> selection_bias() const { return selection_bias_; }
+
+  // Call after writing expert or shared-expert weights through spans kept from earlier (an
+  // optimizer's, a checkpoint loader's): with compute=bf16 the next forward then remakes their
+  // bf16 copies instead of running on the old ones. Not needed after writing through spans
+  // fetched afresh from experts() or shared_expert() (see ExpertShard::version).
+  void parameters_changed();
 
   // Auxiliary-loss-free balancing (SPEC.md section 3): after a forward, moves the selection bias
   // by bias_update_rate · sign(mean − count) per expert, from that forward's group-wide counts.
@@ -158,9 +169,17 @@ class MoeLayer {
   // timings every rank decides from.
   void reduce_statistics(ForwardContext& ctx, double exchange_seconds);
   void choose_auto_chunks(double exchange_seconds, double compute_seconds, const ForwardStats& stats);
+  // exchange = hierarchical (runtime/moe_layer_hierarchical.cpp): the exchanges and expert work of
+  // one pass, in place of run_pipeline and the combine; they return the time in exchanges.
+  double run_hierarchical_forward(ForwardContext& ctx, std::span<const float> x, std::span<float> y,
+                                  PhaseTimer& timer);
+  double run_hierarchical_backward(ForwardContext& ctx, std::span<const float> dy,
+                                   std::span<float> dx, PhaseTimer& timer);
+  // Payload this rank sent to other nodes in the forward of `ctx` (both exchanges).
+  comm::InterNodeTraffic internode_traffic(const ForwardContext& ctx) const;
   static void forward_chunk(MoeLayer& layer, ForwardContext& ctx, int c);
   static void backward_chunk(MoeLayer& layer, ForwardContext& ctx, int c);
-  WireRows wire(std::byte* data) const { return {data, config_.d_model, config_.wire}; }
+  WireRows wire(std::byte* data) const { return {data, config_.d_model, config_.wire_format()}; }
   std::size_t wire_row_bytes() const;
 
   MoeConfig config_;
@@ -173,6 +192,8 @@ class MoeLayer {
   experts::ExpertShard expert_grads_;
   experts::ExpertShard shared_expert_grads_;
   GlobalCapacity global_capacity_;
+  comm::NodeTopology topology_;
+  std::unique_ptr<comm::HierarchicalExchange> hierarchical_;  // exchange = hierarchical only
   int chunks_ = 1;
   std::int64_t calls_ = 0;        // forwards and backwards so far, for diagnostics
   bool auto_pending_ = false;     // overlap_chunks is auto and not yet chosen
@@ -189,6 +210,8 @@ class MoeLayer {
   std::vector<float> shared_rows_;             // the shared expert's output, or its dx
   std::array<std::int64_t, 2> shared_offsets_{};  // {0, T}: one expert over every local token
   std::vector<float> d_weight_, d_logits_;
+  std::vector<float> row_values_;  // hierarchical: each send row's weight, then its dy · output
+  std::vector<std::int64_t> peer_rows_;  // hierarchical: rows to each rank, then from each
   std::vector<std::int64_t> count_send_, count_recv_, recv_counts_;
   std::vector<std::size_t> chunk_bytes_;  // per chunk: send[P], recv[P] of dispatch; same reversed back
   std::vector<std::uint64_t> tickets_;

@@ -25,6 +25,11 @@ struct ForwardStats {
   std::vector<std::int64_t> bytes_sent;        // [P] payload bytes each rank sent to other ranks
                                                // (dispatch and return; rows kept local excluded)
   std::vector<std::int64_t> bytes_received;    // [P]
+  // Payload that crossed between nodes (runtime/moe_layer.hpp's topology()), whole group, both
+  // exchanges: bytes, and messages (non-empty blocks from a rank to a rank on another node).
+  // Count exchanges are left out.
+  std::int64_t internode_bytes = 0;
+  std::int64_t internode_messages = 0;
   std::vector<std::int64_t> rows_to_peer;      // [P] rows this rank dispatched to each rank
   std::vector<std::int64_t> rows_from_peer;    // [P] rows this rank received from each rank
   // Spread of the load over the experts (assignments before dropping, whole group): max / mean,

@@ -31,10 +31,9 @@ std::vector<LayerTensor> Layer::parameters() { return moe::layer_parameters(*imp
 std::vector<LayerTensor> Layer::buffers() { return moe::layer_buffers(*impl_); }
 void Layer::init_parameters(std::uint64_t seed) { moe::init_parameters(*impl_, seed); }
 
+void Layer::parameters_changed() { impl_->parameters_changed(); }
+
 void Layer::forward(std::span<const float> x, std::span<float> y, ForwardContext& ctx) {
-  // The caller may have written the experts through parameters() since the last call.
-  impl_->experts().mark_changed();
-  impl_->shared_expert().mark_changed();
   impl_->forward(x, y, *ctx.impl_);
 }
 

@@ -77,6 +77,9 @@ class Layer {
   std::vector<LayerTensor> buffers();
   // nn.Linear's initialisation keyed by tensor name, the same on any rank count.
   void init_parameters(std::uint64_t seed);
+  // Call after writing parameters through parameters()' spans (an optimizer step, a checkpoint
+  // load): with compute = bf16 the next forward then remakes the experts' bf16 copies.
+  void parameters_changed();
 
   // Collective. y = layer(x) for this rank's tokens: x and y [T, d] row-major (T may differ
   // between ranks and be 0). Fills `ctx` with what backward needs.

@@ -122,6 +122,8 @@ void bind_layer(py::module_& m) {
       .def("gradients", [](py::object self) { return tensor_list(self.cast<Layer&>().layer.parameters(), self, true); },
            "[(name, array, placement)]: what the last backward wrote, parameters() order.")
       .def("buffers", [](py::object self) { return tensor_list(self.cast<Layer&>().layer.buffers(), self, false); })
+      .def("parameters_changed", [](Layer& l) { l.layer.parameters_changed(); },
+           "The parameters were written (with compute=bf16 the next forward remakes its copies).")
       .def("forward", &forward, py::arg("x"), py::arg("y"), py::arg("context"),
            "Collective. y = layer(x) for this rank's tokens ([T, d] float32, C-contiguous).")
       .def("backward", &backward, py::arg("x"), py::arg("dy"), py::arg("dx"), py::arg("context"),

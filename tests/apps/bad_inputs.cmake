@@ -117,7 +117,11 @@ set(bench_args
   "bias_rate_with_softmax|2|--bias-update-rate,0.1|bias_update_rate=0.1 needs gate=sigmoid"
   "unknown_activation|2|--activation,tanh|--activation 'tanh' is not one of"
   "unknown_routing|2|--routing,uniform|--routing 'uniform': unknown distribution"
-  "routing_too_narrow|2|--routing,balanced,--experts,16,--d-model,8|forced routing needs d_model (8) >= experts (16)")
+  "routing_too_narrow|2|--routing,balanced,--experts,16,--d-model,8|forced routing needs d_model (8) >= experts (16)"
+  "ranks_per_node_not_divisor|4|--ranks-per-node,3,--tokens,8|ranks_per_node=3 does not divide the 4 ranks"
+  "negative_ranks_per_node|2|--ranks-per-node,-1|ranks_per_node=-1 must be at least 0"
+  "hierarchical_chunks|2|--exchange,hierarchical,--overlap-chunks,2|exchange=hierarchical runs the whole pass as one chunk: set overlap_chunks=1 (it is 2)"
+  "hierarchical_bf16|2|--exchange,hierarchical,--wire,bf16|exchange=hierarchical sends fp32 rows")
 foreach(entry IN LISTS bench_args)
   string(REPLACE "|" ";" parts "${entry}")
   list(GET parts 0 name)

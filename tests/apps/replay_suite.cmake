@@ -2,13 +2,19 @@
 # reference, runs it again and requires a bitwise identical result file.
 # With DP > 1 it runs DP data-parallel copies of each case (NP x DP ranks, --dp-size DP).
 # EXTRA: more moe-replay arguments (execution options: same results within SPEC.md section 9).
+# BOUND: the relative error allowed per tensor (default 1e-5; SPEC.md section 9 allows 1e-2 for bf16).
+# CASES: a regex of case names to run (default: every case), for runs that cannot afford them all.
 # REPLAY is the command (a list: "python3;-m;moe_ep.replay" runs the Python path); ONCE=ON runs
 # each case once, without the second run's bitwise comparison (the Python suite: each run pays
 # for importing torch, and determinism is the runtime's, which the moe-replay suite checks).
 # TAG names the result directories of another REPLAY, so two suites may run at once.
-# cmake -DMPIRUN=... -DNP=... [-DDP=...] [-DEXTRA="a;b"] [-DONCE=ON] [-DTAG=_python] -DREPLAY=... -DTOOL=... -DDIR=... -P replay_suite.cmake
+# cmake -DMPIRUN=... -DNP=... [-DDP=...] [-DEXTRA="a;b"] [-DBOUND=...] [-DCASES=regex] [-DONCE=ON] [-DTAG=_python]
+#       -DREPLAY=... -DTOOL=... -DDIR=... -P replay_suite.cmake
 if(NOT DP)
   set(DP 1)
+endif()
+if(NOT BOUND)
+  set(BOUND 1e-5)
 endif()
 set(runs a b)
 if(ONCE)
@@ -17,6 +23,9 @@ endif()
 math(EXPR ranks "${NP} * ${DP}")
 file(GLOB cases "${DIR}/*.safetensors")
 list(FILTER cases EXCLUDE REGEX "/bad_")
+if(CASES)
+  list(FILTER cases INCLUDE REGEX "/(${CASES})\\.safetensors$")
+endif()
 list(LENGTH cases count)
 if(count EQUAL 0)
   message(FATAL_ERROR "no cases in ${DIR}")
@@ -39,7 +48,7 @@ foreach(case IN LISTS cases)
   if(NOT rc EQUAL 0)
     continue()
   endif()
-  execute_process(COMMAND ${TOOL} check ${case} ${out_dir}/${name}.a.safetensors
+  execute_process(COMMAND ${TOOL} check ${case} ${out_dir}/${name}.a.safetensors ${BOUND}
     RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
   message(STATUS "${out}${err}")
   if(NOT rc EQUAL 0)

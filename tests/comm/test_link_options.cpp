@@ -59,6 +59,23 @@ TEST_CASE("link options: either flag wraps the communicator", "[apps][link]") {
         "latency 7 us, unlimited bandwidth");
 }
 
+TEST_CASE("link options: a second class between nodes", "[apps][link]") {
+  auto world = moe::comm::MpiCommunicator::world();
+  const LinkOptions link = parse({"--link-latency-us", "5", "--link-gbps", "16", "--link-inter-gbps", "2"});
+  CHECK(link.two_classes());
+  CHECK(link.between_nodes().latency_us == 5);  // not given: as inside a node
+  CHECK(link.between_nodes().bandwidth_gbps == 2);
+  CHECK(moe::apps::link_summary(link) ==
+        "latency 5 us, 16 GB/s inside a node, latency 5 us, 2 GB/s between nodes");
+  std::unique_ptr<moe::comm::Communicator> storage;
+  moe::comm::Communicator& comm = moe::apps::with_link(link, *world, storage, 1);
+  const auto* decorated = dynamic_cast<const moe::comm::SimulatedLinkCommunicator*>(&comm);
+  REQUIRE(decorated != nullptr);
+  CHECK(decorated->between_nodes().bandwidth_gbps == 2);
+  CHECK_FALSE(parse({"--link-gbps", "3"}).two_classes());
+  CHECK_THROWS_WITH(parse({"--link-inter-gbps", "-2"}), Catch::Contains("--link-inter-gbps"));
+}
+
 TEST_CASE("link options: bad values are refused with the option's name", "[apps][link]") {
   CHECK_THROWS_WITH(parse({"--link-gbps", "-1"}), Catch::Contains("--link-gbps"));
   CHECK_THROWS_AS(parse({"--link-latency-us", "-5"}), moe::apps::UsageError);

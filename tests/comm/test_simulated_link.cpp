@@ -350,3 +350,30 @@ TEST_CASE("two decorated communicators are used from two threads at once", "[com
   CHECK(a.times_ok);
   CHECK(b.times_ok);
 }
+
+TEST_CASE("two classes: blocks to other nodes pay the link between nodes", "[comm][link][nodes]") {
+  auto world = MpiCommunicator::world();
+  if (world->size() == 1) return;
+  const int per_node = world->size() >= 4 ? 2 : 1;
+  std::vector<int> nodes(static_cast<std::size_t>(world->size()));
+  for (int r = 0; r < world->size(); ++r) nodes[static_cast<std::size_t>(r)] = r / per_node;
+  // Inside a node free; between nodes 1 s of latency and 1 GB/s: unmistakable either way.
+  SimulatedLinkCommunicator link(*world, LinkModel{0, 0}, LinkModel{1'000'000, 1}, nodes);
+  const std::vector<int> ids = world_ids(*world);
+  constexpr std::size_t block = 256 << 10;
+  const Counts c = make_counts(*world, [](int, int) { return block; });
+  const auto remote = static_cast<std::size_t>(world->size() - per_node);
+  world->barrier();
+  std::vector<std::byte> recv;
+  CHECK(elapsed_ns([&] { recv = run_alltoallv(link, c, ids); }) >= model_ns(1'000'000, 1, remote * block));
+  CHECK(pattern_ok(link, c, ids, recv));
+
+  // The ranks of one node, split off, keep their nodes: no peer between nodes, no second.
+  auto node = link.split(world->rank() / per_node, world->rank());
+  REQUIRE(node != nullptr);
+  const Counts inside = make_counts(*node, [](int, int) { return block; });
+  const std::vector<int> node_ids = world_ids(*node);
+  node->barrier();
+  CHECK(elapsed_ns([&] { recv = run_alltoallv(*node, inside, node_ids); }) < 500'000'000);
+  CHECK(pattern_ok(*node, inside, node_ids, recv));
+}

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "runtime/config.hpp"
+#include "runtime/config_fields.hpp"
 #include "runtime/stats.hpp"
 #include "runtime/error.hpp"
 
@@ -127,6 +128,29 @@ TEST_CASE("the field table drives the summary, the fields and the metadata", "[c
   CHECK(c.summary().find("gate=sigmoid n_group=4 topk_group=2") != std::string::npos);
   // The default topk_group (all groups) is written as its SPEC value.
   CHECK(valid().options_to_metadata().at("topk_group") == "1");
+}
+
+TEST_CASE("compute is an execution field and an unset wire follows it", "[config][bf16]") {
+  MoeConfig c = valid();
+  CHECK(c.wire_format() == WireFormat::fp32);
+  const ConfigField* compute = find_config_field("compute");
+  const ConfigField* wire = find_config_field("wire");
+  REQUIRE(compute != nullptr);
+  REQUIRE(wire != nullptr);
+  CHECK(compute->kind == FieldKind::execution);  // a layer case never carries it
+  CHECK(wire->to_text(c) == "auto");
+  compute->from_text(c, "bf16");
+  CHECK(c.compute == experts::Compute::bf16);
+  CHECK(c.wire_format() == WireFormat::bf16);
+  // A wire the user gave is kept, whatever the compute.
+  wire->from_text(c, "fp32");
+  CHECK(c.wire_format() == WireFormat::fp32);
+  CHECK(c.summary().find("compute=bf16 wire=fp32") != std::string::npos);
+  wire->from_text(c, "auto");
+  CHECK(c.wire_format() == WireFormat::bf16);
+  CHECK_THROWS_WITH(compute->from_text(c, "fp16"), "compute 'fp16' is not one of: fp32, bf16");
+  CHECK_THROWS_WITH(wire->from_text(c, "fp16"), "wire 'fp16' is not one of: fp32, bf16, auto");
+  CHECK(c.options_to_metadata().count("compute") == 0);
 }
 
 TEST_CASE("unknown metadata keys are refused, naming the key", "[config]") {

@@ -159,6 +159,31 @@ double ErrorSums::relative() const {
   return ref_sq > 0 ? std::sqrt(diff_sq / ref_sq) : std::sqrt(diff_sq);
 }
 
+std::vector<NamedCase> bf16_cases(int ranks) {
+  std::vector<NamedCase> cases;
+  const auto wide = [ranks](const char* activation) {
+    ref::CaseSpec spec;
+    spec.config.num_experts = 4 * ranks;
+    spec.config.d_model = 64;
+    spec.config.d_hidden = 96;
+    spec.config.activation = activation;
+    spec.config.capacity_factor = 1.0;
+    for (int r = 0; r < ranks; ++r) spec.tokens_per_rank.push_back(r % 2 ? 97 : 160);
+    spec.seed = 7;
+    return spec;
+  };
+  for (const char* act : {"gelu", "gelu_tanh", "relu", "silu", "swiglu"}) {
+    cases.push_back({std::string("wide_") + act, wide(act)});
+  }
+  ref::CaseSpec shared = wide("silu");
+  shared.config.d_shared_hidden = 80;
+  shared.config.gate = "sigmoid";
+  shared.config.bias_update_rate = 0.01;
+  shared.with_score_bias = true;
+  cases.push_back({"wide_shared_sigmoid", shared});
+  return cases;
+}
+
 std::vector<NamedCase> standard_cases(int ranks) {
   // Uneven token counts, cycling so every rank count has variety; rank 1 of the "empty" pattern
   // holds no tokens.

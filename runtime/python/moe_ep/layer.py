@@ -100,6 +100,7 @@ class MoELayer(torch.nn.Module):
         self._addresses = [p.data_ptr() for p in self._params]
         self._inference_context = _moe_ep.ForwardContext()
         self._spare_contexts = []
+        self._versions = None
         self._last_context = None
 
     @property
@@ -121,6 +122,11 @@ class MoELayer(torch.nn.Module):
             if param.data_ptr() != address:
                 raise RuntimeError("moe_ep.MoELayer: a parameter's storage was replaced; update "
                                    "parameters in place (the runtime computes with their memory)")
+        # Every in-place write (an optimizer step, load_state_dict) moves a tensor's version.
+        versions = tuple(p._version for p in self._params)
+        if versions != self._versions:
+            self._layer.parameters_changed()
+            self._versions = versions
         shape = x.shape
         rows = x.reshape(-1, shape[-1]).contiguous()
         wants_grad = torch.is_grad_enabled() and (rows.requires_grad or any(p.requires_grad for p in self._params))
