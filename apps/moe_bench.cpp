@@ -220,7 +220,8 @@ nlohmann::json measure(comm::MpiCommunicator& world, const Options& o, const Moe
     world.barrier();
     auto start = Clock::now();
     const ForwardResult& r = layer.forward(x, y, ctx);
-    double t[2 + 2 * kNumPhases] = {seconds_since(start), 0};
+    enum Extra { count_exchange, fill, bwd_fill, fwd_outside, bwd_outside, num_extra };
+    double t[2 + 2 * kNumPhases + num_extra] = {seconds_since(start), 0};
     if (!o.forward_only) {
       start = Clock::now();
       layer.backward(x, dy, dx, ctx);
@@ -229,6 +230,17 @@ nlohmann::json measure(comm::MpiCommunicator& world, const Options& o, const Moe
     std::copy(r.stats.phase_seconds.begin(), r.stats.phase_seconds.end(), t + 2);
     std::copy(ctx.backward_phase_seconds().begin(), ctx.backward_phase_seconds().end(),
               t + 2 + kNumPhases);
+    double* extra = t + 2 + 2 * kNumPhases;
+    extra[count_exchange] = r.stats.count_exchange_seconds;
+    extra[fill] = r.stats.fill_seconds;
+    extra[bwd_fill] = ctx.backward_fill_seconds();
+    // This rank's time in no phase (the statistics' allgather, the call itself).
+    extra[fwd_outside] = t[0];
+    extra[bwd_outside] = t[1];
+    for (std::size_t p = 0; p < kNumPhases; ++p) {
+      extra[fwd_outside] -= t[2 + p];
+      if (!o.forward_only) extra[bwd_outside] -= t[2 + kNumPhases + p];
+    }
     world.allreduce(std::span<double>(t), comm::ReduceOp::max);
     // Time inside the exchanges: the rank that waited least for its peers shows the transfer
     // itself (the others add waiting for a slower rank's compute).
@@ -264,6 +276,11 @@ nlohmann::json measure(comm::MpiCommunicator& world, const Options& o, const Moe
       series.add("fwd." + std::string(kPhaseNames[p]), t[2 + p]);
       series.add("bwd." + std::string(kPhaseNames[p]), t[2 + kNumPhases + p]);
     }
+    series.add("fwd.count_exchange", extra[count_exchange]);
+    series.add("fwd.fill", extra[fill]);
+    series.add("bwd.fill", extra[bwd_fill]);
+    series.add("fwd.outside", extra[fwd_outside]);
+    series.add("bwd.outside", extra[bwd_outside]);
     series.add("exchange", exchange[0]);
     series.add("bwd_exchange", exchange[1]);
     series.add("shared_expert", shared);
@@ -341,6 +358,19 @@ nlohmann::json measure(comm::MpiCommunicator& world, const Options& o, const Moe
     j["fwd_phase_ms"][name] = series.median_ms("fwd." + name);
     j["bwd_phase_ms"][name] = series.median_ms("bwd." + name);
   }
+  // The pipeline's overheads over max(exchange, compute) (runtime/stats.hpp): the count exchange
+  // (inside route), the fill (the wait for the first chunk), the stalls (waits for later chunks),
+  // the drain (exchange_back: the wait for the last returns), and what no phase holds (the
+  // statistics' allgather and the call itself).
+  for (const char* pass : {"fwd", "bwd"}) {
+    const std::string p(pass);
+    nlohmann::json& b = j[p + "_overheads_ms"];
+    if (p == "fwd") b["count_exchange"] = series.median_ms("fwd.count_exchange");
+    b["fill"] = series.median_ms(p + ".fill");
+    b["stalls"] = std::max(0.0, series.median_ms(p + ".exchange") - series.median_ms(p + ".fill"));
+    b["drain"] = series.median_ms(p + ".exchange_back");
+    b["outside_phases"] = series.median_ms(p + ".outside");
+  }
   return j;
 }
 
@@ -380,6 +410,15 @@ void print_table(const nlohmann::json& j, const Options& o) {
               ms("exchange_ms"), ms("algbw_gbs"), ms("busbw_gbs"), j["wire"].get<std::string>().c_str());
   std::printf("%-34s %8.3f     (expert compute %.3f ms)\n", "forward / max(exchange, compute)",
               ms("fwd_over_max_exchange_compute"), ms("compute_ms"));
+  for (const char* pass : {"fwd", "bwd"}) {
+    if (std::string(pass) == "bwd" && o.forward_only) continue;
+    const nlohmann::json& b = j[std::string(pass) + "_overheads_ms"];
+    std::printf("  %s waits, ms: fill %.3f  stalls %.3f  drain %.3f  outside phases %.3f", pass,
+                b["fill"].get<double>(), b["stalls"].get<double>(), b["drain"].get<double>(),
+                b["outside_phases"].get<double>());
+    if (b.contains("count_exchange")) std::printf("  count exchange %.3f", b["count_exchange"].get<double>());
+    std::printf("\n");
+  }
   std::printf("%-34s %8.3f ms  (ratio %.3f)\n", "plain MPI_Alltoallv, same bytes", ms("raw_alltoallv_ms"),
               ms("exchange_over_raw"));
   std::printf("%-34s %8.1f MB in %lld messages (%d nodes; a token reaches %.2f nodes, at most %lld)\n",

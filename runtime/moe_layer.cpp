@@ -217,10 +217,12 @@ const ForwardResult& MoeLayer::forward(std::span<const float> x, std::span<float
   double exchange_seconds = 0;
   if (hierarchical_) {
     shared_forward();
+    ctx.result_.stats.fill_seconds = 0;  // no pipeline
     exchange_seconds = run_hierarchical_forward(ctx, x, y, clock);
   } else {
     exchange_seconds = run_pipeline(ctx, send_wire_.data(), ctx.returned_.data(), &MoeLayer::forward_chunk,
-                                    clock, "dispatch", "return", shared_forward);
+                                    clock, "dispatch", "return", ctx.result_.stats.fill_seconds,
+                                    shared_forward);
     combine_rows(plan, ctx.router_.weight, wire(ctx.returned_.data()), y);
   }
   if (config_.has_shared_expert()) {
@@ -272,6 +274,7 @@ void MoeLayer::backward(std::span<const float> x, std::span<const float> dy, std
   };
   if (hierarchical_) {
     shared_backward();
+    ctx.backward_fill_seconds_ = 0;  // no pipeline
     ctx.backward_exchange_seconds_ = run_hierarchical_backward(ctx, dy, dx, clock);
   } else {
     combine_rows_backward(plan, ctx.router_.weight, wire(ctx.returned_.data()), dy,
@@ -282,7 +285,8 @@ void MoeLayer::backward(std::span<const float> x, std::span<const float> dy, std
     // back into the same buffer: chunk c's return lands where chunk c's dispatch already left.
     ctx.backward_exchange_seconds_ =
         run_pipeline(ctx, send_wire_.data(), send_wire_.data(), &MoeLayer::backward_chunk, clock,
-                     "backward: gradients to experts", "backward: gradients back", shared_backward);
+                     "backward: gradients to experts", "backward: gradients back",
+                     ctx.backward_fill_seconds_, shared_backward);
     gather_rows_backward(plan, wire(send_wire_.data()), dx);
   }
   if (config_.has_shared_expert()) {
@@ -325,7 +329,7 @@ void MoeLayer::backward_chunk(MoeLayer& layer, ForwardContext& ctx, int c) {
 template <class InFlight>
 double MoeLayer::run_pipeline(ForwardContext& ctx, const std::byte* send, std::byte* returned,
                               ChunkWork work, PhaseTimer& timer, const char* out_phase,
-                              const char* back_phase, InFlight&& in_flight) {
+                              const char* back_phase, double& fill_seconds, InFlight&& in_flight) {
   const DispatchPlan& plan = ctx.plan_;
   const int chunks = plan.num_chunks;
   const auto p_size = static_cast<std::size_t>(ep_size());
@@ -359,6 +363,7 @@ double MoeLayer::run_pipeline(ForwardContext& ctx, const std::byte* send, std::b
     comm_.set_context(out_context);
     comm_.alltoallv(send, out_bytes(0), recv, in_bytes(0));
     const auto dispatched = Clock::now();
+    fill_seconds = std::chrono::duration<double>(dispatched - start).count();
     timer.lap(Phase::exchange);
     work(*this, ctx, 0);
     timer.lap(Phase::experts);
@@ -381,7 +386,9 @@ double MoeLayer::run_pipeline(ForwardContext& ctx, const std::byte* send, std::b
   }
   in_flight();
   for (int c = 0; c < chunks; ++c) {
+    const auto waiting = Clock::now();
     worker_->wait(tickets_[static_cast<std::size_t>(c)]);
+    if (c == 0) fill_seconds = std::chrono::duration<double>(Clock::now() - waiting).count();
     timer.lap(Phase::exchange);
     work(*this, ctx, c);
     timer.lap(Phase::experts);
@@ -400,6 +407,7 @@ std::string MoeLayer::plan_dispatch(std::span<const float> x, std::span<const fl
   const std::int64_t local = local_experts();
   RouterOutput& router = ctx.router_;
   DispatchPlan& plan = ctx.plan_;
+  ctx.result_.stats.count_exchange_seconds = 0;
   std::string local_error = check_shapes(x, y, d);
   if (local_error.empty() && config_.check_finite) local_error = first_non_finite("input", x, d);
   std::int64_t num_tokens = local_error.empty() ? static_cast<std::int64_t>(x.size()) / d : 0;
@@ -422,7 +430,9 @@ std::string MoeLayer::plan_dispatch(std::span<const float> x, std::span<const fl
   const bool global = config_.capacity_scope == CapacityScope::global && !config_.dropless();
   if (global) {
     set_phase("global capacity");
+    const auto start = Clock::now();
     global_capacity_.decide(comm_, config_, router, plan, local_error);
+    ctx.result_.stats.count_exchange_seconds = std::chrono::duration<double>(Clock::now() - start).count();
     caps = global_capacity_.caps();
   }
 
@@ -436,7 +446,9 @@ std::string MoeLayer::plan_dispatch(std::span<const float> x, std::span<const fl
     } else {
       std::int64_t agreed[2] = {local_error.empty() ? 0 : 1, num_tokens};
       set_phase("padded slot count");
+      const auto start = Clock::now();
       comm_.allreduce(std::span<std::int64_t>(agreed), comm::ReduceOp::max);
+      ctx.result_.stats.count_exchange_seconds += std::chrono::duration<double>(Clock::now() - start).count();
       if (agreed[0] != 0) raise_agreed_error(comm_, local_error);
       slots = expert_capacity(config_, agreed[1]);
     }
@@ -471,9 +483,12 @@ std::string MoeLayer::plan_dispatch(std::span<const float> x, std::span<const fl
                 num_experts_of(p, config_.num_experts, p_size), count_send_.begin() + p * block + 1);
   }
   set_phase("count exchange");
+  const auto count_start = Clock::now();
   comm_.alltoall(reinterpret_cast<const std::byte*>(count_send_.data()),
                  reinterpret_cast<std::byte*>(count_recv_.data()),
                  static_cast<std::size_t>(block) * sizeof(std::int64_t));
+  ctx.result_.stats.count_exchange_seconds +=
+      std::chrono::duration<double>(Clock::now() - count_start).count();
   bool any_error = false;
   recv_counts_.resize(static_cast<std::size_t>(p_size * local));
   for (int s = 0; s < p_size; ++s) {

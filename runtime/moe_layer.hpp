@@ -57,6 +57,8 @@ class ForwardContext {
   // reverse), and the time its exchanges took (overlapped with compute or not).
   const std::array<double, kNumPhases>& backward_phase_seconds() const { return backward_seconds_; }
   double backward_exchange_seconds() const { return backward_exchange_seconds_; }
+  // The wait for the first chunk of the last backward's exchange (see ForwardStats::fill_seconds).
+  double backward_fill_seconds() const { return backward_fill_seconds_; }
 
  private:
   friend class MoeLayer;
@@ -70,6 +72,7 @@ class ForwardContext {
   ForwardResult result_;
   std::array<double, kNumPhases> backward_seconds_{};
   double backward_exchange_seconds_ = 0;
+  double backward_fill_seconds_ = 0;
 };
 
 class MoeLayer {
@@ -154,11 +157,11 @@ class MoeLayer {
   // Sends chunk after chunk of `send` (send order) to the experts' ranks, runs `in_flight`
   // (work that needs no remote rows: the shared expert) while the first chunk travels, runs `work`
   // on each chunk as it arrives, and brings the results back into `returned` (send order).
-  // Returns the time spent in exchanges.
+  // Returns the time spent in exchanges; sets `fill_seconds` to the wait for the first chunk.
   template <class InFlight>
   double run_pipeline(ForwardContext& ctx, const std::byte* send, std::byte* returned,
                       ChunkWork work, PhaseTimer& timer, const char* out_phase,
-                      const char* back_phase, InFlight&& in_flight);
+                      const char* back_phase, double& fill_seconds, InFlight&& in_flight);
   // Grows every buffer the pipeline writes (before the payload moves, so a failure is agreed).
   void grow_receive_side(ForwardContext& ctx);
   // Tells the communicator what the next collective is, for the watchdog's diagnostic.

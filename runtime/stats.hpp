@@ -41,6 +41,13 @@ struct ForwardStats {
   // This rank's time computing the shared expert (part of the experts phase), which runs while
   // the dispatch exchange is in flight.
   double shared_expert_seconds = 0;
+  // Where the pipeline waits (this rank; both part of the phases above): the agreement on what
+  // moves before the payload (the count exchange, the padded slot count or the global capacity
+  // decision; in the route phase), and the wait for the first chunk of the dispatch after the
+  // shared expert, if any (the pipeline's fill; in the exchange phase, with the waits for later
+  // chunks). The drain, the wait for the last returns, is the exchange_back phase.
+  double count_exchange_seconds = 0;
+  double fill_seconds = 0;
   // This rank's time inside the two exchanges. With overlap_chunks > 1 they run beside the
   // expert compute, so this is more than the exchange phases above, which count only waiting.
   double exchange_seconds = 0;

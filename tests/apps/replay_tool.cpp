@@ -55,7 +55,16 @@ int make_cases(const std::filesystem::path& dir, int ranks) {
 
 int make_bf16_cases(const std::filesystem::path& dir, int ranks) {
   std::filesystem::create_directories(dir);
-  for (const auto& named : test::bf16_cases(ranks)) {
+  auto cases = test::bf16_cases(ranks);
+  // And the parts those leave out: a shared expert (bf16 too), the sigmoid gate and its bias.
+  test::NamedCase shared = cases.back();
+  shared.name = "wide_shared_sigmoid";
+  shared.spec.config.d_shared_hidden = 80;
+  shared.spec.config.gate = "sigmoid";
+  shared.spec.config.bias_update_rate = 0.01;
+  shared.spec.with_score_bias = true;
+  cases.push_back(shared);
+  for (const auto& named : cases) {
     write_safetensors(dir / (named.name + ".safetensors"), test::to_case_file(ref::make_case(named.spec)));
   }
   return 0;

@@ -175,12 +175,6 @@ std::vector<NamedCase> bf16_cases(int ranks) {
   for (const char* act : {"gelu", "gelu_tanh", "relu", "silu", "swiglu"}) {
     cases.push_back({std::string("wide_") + act, wide(act)});
   }
-  ref::CaseSpec shared = wide("silu");
-  shared.config.d_shared_hidden = 80;
-  shared.config.gate = "sigmoid";
-  shared.config.bias_update_rate = 0.01;
-  shared.with_score_bias = true;
-  cases.push_back({"wide_shared_sigmoid", shared});
   return cases;
 }
 

@@ -50,7 +50,7 @@ std::vector<NamedCase> standard_cases(int ranks);
 
 // Cases for the bf16 formats (wire and compute), which SPEC.md section 9 bounds at 1e-2: every
 // activation at a moderate width (d 64, h 96, E = 4 per rank, ~100-160 tokens per rank), with
-// dropping, and one with a shared expert and the sigmoid gate. The bound is a statement about
+// dropping. The bound is a statement about
 // layers of realistic width; on the standard cases' toy widths a few rows per expert leave nothing
 // to average (measured: up to 12% on an expert with 3 rows).
 std::vector<NamedCase> bf16_cases(int ranks);
