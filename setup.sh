@@ -26,7 +26,7 @@ base=(
 python=(
   python3-torch                       # apps/torch_baseline.py and the moe_ep module
   libopenblas0-pthread                # torch falls back to the reference BLAS (~15x slower) without it
-  libtorch-dev pybind11-dev python3-pybind11 python3-dev  # building the moe_ep module
+  pybind11-dev python3-pybind11 python3-dev  # building the moe_ep module (numpy arrays: no libtorch-dev)
   python3-numpy
 )
 study=(python3-matplotlib)            # moe-sweep's plots

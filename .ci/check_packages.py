@@ -118,6 +118,10 @@ import json, sys
 before = set(sys.modules)   # what the interpreter's own start-up loaded (site, .pth hooks)
 import numpy, torch, matplotlib, matplotlib.pyplot
 torch.ones(64, 64) @ torch.ones(64, 64)   # loads torch's BLAS
+try:
+    import moe_ep   # the module the build made (BUILD_DIR/python), and the libraries it links
+except ImportError:
+    pass
 files = [m.__file__ for name, m in list(sys.modules.items())
          if name not in before and getattr(m, "__file__", None)]
 with open("/proc/self/maps") as f:
@@ -126,9 +130,10 @@ print(json.dumps(files))
 """
 
 
-def python_files():
-    """Modules and shared libraries the Python scripts load (torch, numpy, matplotlib)."""
-    out = run(["/usr/bin/python3", "-c", PYTHON_PROBE])
+def python_files(build_dir):
+    """Modules and shared libraries the Python scripts load (torch, numpy, matplotlib, moe_ep)."""
+    env = dict(os.environ, PYTHONPATH=os.path.join(build_dir, "python"))
+    out = run(["/usr/bin/python3", "-c", PYTHON_PROBE], env=env)
     return {f for f in json.loads(out) if f.startswith("/")}
 
 
@@ -171,7 +176,7 @@ def main():
 
     owners = file_owners()
     sources = {"configure": cmake_files(build_dir), "compile": compiled_files(build_dir),
-               "link": linked_files(build_dir), "tools": tool_files(), "python": python_files()}
+               "link": linked_files(build_dir), "tools": tool_files(), "python": python_files(build_dir)}
     needed, foreign = {}, set()
     for stage, files in sources.items():
         for path in sorted(files):

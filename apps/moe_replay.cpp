@@ -15,6 +15,7 @@
 
 #include "apps/execution_options.hpp"
 #include "apps/mpi_program.hpp"
+#include "comm/gather.hpp"
 #include "runtime/error.hpp"
 #include "runtime/layer_case.hpp"
 #include "runtime/moe_layer.hpp"
@@ -56,29 +57,6 @@ std::optional<Options> parse_options(int argc, char** argv, int rank) {
   MoeConfig check;  // the execution options are validated now, applied to the case's config later
   apps::finish_execution_options(o.execution, check);
   return o;
-}
-
-// Concatenates every rank's rows on rank 0 (an all-to-all where only rank 0 receives).
-std::vector<float> gather_on_root(comm::Communicator& comm, std::span<const float> local) {
-  const int size = comm.size();
-  std::vector<std::int64_t> lengths(static_cast<std::size_t>(size));
-  std::int64_t mine = static_cast<std::int64_t>(local.size());
-  comm.allgather(reinterpret_cast<const std::byte*>(&mine),
-                 reinterpret_cast<std::byte*>(lengths.data()), sizeof mine);
-  std::vector<std::size_t> send_bytes(static_cast<std::size_t>(size), 0);
-  std::vector<std::size_t> recv_bytes(static_cast<std::size_t>(size), 0);
-  send_bytes[0] = local.size() * sizeof(float);
-  std::size_t total = 0;
-  if (comm.rank() == 0) {
-    for (int r = 0; r < size; ++r) {
-      recv_bytes[static_cast<std::size_t>(r)] = static_cast<std::size_t>(lengths[static_cast<std::size_t>(r)]) * sizeof(float);
-      total += static_cast<std::size_t>(lengths[static_cast<std::size_t>(r)]);
-    }
-  }
-  std::vector<float> all(total);
-  comm.alltoallv(reinterpret_cast<const std::byte*>(local.data()), send_bytes,
-                 reinterpret_cast<std::byte*>(all.data()), recv_bytes);
-  return all;
 }
 
 int replay(comm::MpiCommunicator& world, const Options& options) {
@@ -123,12 +101,12 @@ int replay(comm::MpiCommunicator& world, const Options& options) {
                        std::span<const float> values) {
     if (rank == 0) out.tensors[name] = Tensor::from_f32(std::move(shape), values);
   };
-  put("output", {layer_case.total_tokens(), d}, gather_on_root(ep, y));
+  put("output", {layer_case.total_tokens(), d}, comm::gather_to_root(ep, y));
   if (layer_case.has_grad_output()) {
     std::vector<float> dx(x.size());
     layer.backward(x, rows_of("grad_output"), dx, ctx);
     reduce_gradients(layer, groups, GradReduction::mean);
-    put("grad_input", {layer_case.total_tokens(), d}, gather_on_root(ep, dx));
+    put("grad_input", {layer_case.total_tokens(), d}, comm::gather_to_root(ep, dx));
     put("gate.weight.grad", {layer_case.config.num_experts, d}, layer.gate_weight_grad());
     // Each expert's gradient lives on its owner: gather every parameter kind in expert order.
     const experts::ExpertShard& grads = layer.expert_grads();
@@ -138,7 +116,7 @@ int replay(comm::MpiCommunicator& world, const Options& options) {
         const auto values = grads.param(e, param);
         local.insert(local.end(), values.begin(), values.end());
       }
-      const std::vector<float> all = gather_on_root(ep, local);
+      const std::vector<float> all = comm::gather_to_root(ep, local);
       const auto shape = grads.param_shape(param);
       const std::size_t per_expert = all.size() / static_cast<std::size_t>(layer_case.config.num_experts);
       for (std::int64_t e = 0; rank == 0 && e < layer_case.config.num_experts; ++e) {

@@ -6,6 +6,7 @@
 
 #include "experts/gemm.hpp"
 #include "runtime/initialization.hpp"
+#include "runtime/layer_tensors.hpp"
 
 namespace moe::apps {
 namespace {
@@ -82,28 +83,10 @@ TrainModel::TrainModel(const ModelConfig& config, ParallelGroups& groups, comm::
 }
 
 void TrainModel::add_moe_parameters(const std::string& prefix, MoeLayer& layer) {
-  const MoeConfig& c = layer.config();
-  params_.push_back({prefix + "gate.weight", {c.num_experts, c.d_model}, layer.gate_weight(),
-                     layer.gate_weight_grad(), false});
-  if (c.gate == GateKind::sigmoid) {
-    buffers_.push_back({prefix + "gate.e_score_correction_bias", {c.num_experts}, layer.selection_bias()});
+  for (LayerTensor& t : layer_parameters(layer)) {
+    params_.push_back({prefix + t.name, std::move(t.shape), t.value, t.grad, t.placement == Placement::expert});
   }
-  // The shared expert is replicated like the router (its gradient is reduced the same way).
-  experts::ExpertShard& shared = layer.shared_expert();
-  for (std::int64_t e = 0; e < shared.num_experts(); ++e) {
-    for (std::string_view p : experts::expert_param_names(c.activation)) {
-      params_.push_back({prefix + "shared_expert." + std::string(p), shared.param_shape(p),
-                         shared.param(e, p), layer.shared_expert_grads().param(e, p), false});
-    }
-  }
-  // This rank's experts by global index; none when the group has more ranks than experts.
-  for (std::int64_t e = 0; e < layer.local_experts(); ++e) {
-    const std::string expert = prefix + "experts." + std::to_string(layer.first_expert() + e) + ".";
-    for (std::string_view p : experts::expert_param_names(c.activation)) {
-      params_.push_back({expert + std::string(p), layer.experts().param_shape(p),
-                         layer.experts().param(e, p), layer.expert_grads().param(e, p), true});
-    }
-  }
+  for (LayerTensor& t : layer_buffers(layer)) buffers_.push_back({prefix + t.name, std::move(t.shape), t.value});
 }
 
 TrainModel::~TrainModel() = default;

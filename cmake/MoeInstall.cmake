@@ -19,6 +19,8 @@ install(TARGETS moe_config moe_comm moe_experts moe_runtime
   LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
   RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR}
   FILE_SET HEADERS DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/moe_ep
+  # <moe_ep/moe_ep.hpp> and its public set (runtime/moe_ep/).
+  FILE_SET public_api DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/moe_ep
   INCLUDES DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/moe_ep)
 install(EXPORT moe_ep_targets
   NAMESPACE moe::

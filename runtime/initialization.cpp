@@ -2,10 +2,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <numbers>
 #include <string>
+#include <vector>
 
-#include "runtime/moe_layer.hpp"
+#include "runtime/layer_tensors.hpp"
 
 namespace moe {
 namespace {
@@ -47,34 +49,19 @@ void fill_normal(std::span<float> values, std::uint64_t seed, std::string_view n
   }
 }
 
-namespace {
-
-// nn.Linear on every parameter of the experts of `shard`, named `prefix(e)` + the SPEC's name:
-// w2 maps the hidden layer to d; every other parameter (w1, w3 and w1's bias) reads d.
-template <class Prefix>
-void init_experts(experts::ExpertShard& shard, std::uint64_t seed, Prefix&& prefix) {
-  const experts::ExpertShape& shape = shard.shape();
-  for (std::int64_t e = 0; e < shard.num_experts(); ++e) {
-    const std::string name = prefix(e);
-    for (std::string_view param : experts::expert_param_names(shape.activation)) {
-      const std::int64_t fan_in = param.starts_with("w2") ? shape.d_hidden : shape.d_model;
-      fill_uniform(shard.param(e, param), static_cast<float>(1.0 / std::sqrt(static_cast<double>(fan_in))),
-                   seed, name + std::string(param));
-    }
-  }
-}
-
-}  // namespace
-
 void init_parameters(MoeLayer& layer, std::uint64_t seed) {
-  const MoeConfig& c = layer.config();
-  fill_uniform(layer.gate_weight(), static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.d_model))),
-               seed, "gate.weight");
-  init_experts(layer.experts(), seed,
-               [&](std::int64_t e) { return "experts." + std::to_string(layer.first_expert() + e) + "."; });
-  init_experts(layer.shared_expert(), seed, [](std::int64_t) { return std::string("shared_expert."); });
+  // nn.Linear: a weight [out, in] reads `in`; a bias has no fan-in of its own and takes its weight's.
+  const std::vector<LayerTensor> tensors = layer_parameters(layer);
+  std::map<std::string, std::int64_t> fan_in;
+  for (const LayerTensor& t : tensors) {
+    if (t.shape.size() == 2) fan_in[t.name] = t.shape[1];
+  }
+  for (const LayerTensor& t : tensors) {
+    const std::string weight = t.shape.size() == 2 ? t.name : t.name.substr(0, t.name.size() - 4) + "weight";
+    fill_uniform(t.value, static_cast<float>(1.0 / std::sqrt(static_cast<double>(fan_in.at(weight)))), seed, t.name);
+  }
   // The selection bias is a buffer that starts at zero (DeepSeek-V3).
-  std::fill(layer.selection_bias().begin(), layer.selection_bias().end(), 0.0f);
+  for (const LayerTensor& t : layer_buffers(layer)) std::fill(t.value.begin(), t.value.end(), 0.0f);
 }
 
 }  // namespace moe

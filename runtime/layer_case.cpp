@@ -7,7 +7,7 @@
 
 #include "experts/expert_shard.hpp"
 #include "runtime/error.hpp"
-#include "runtime/moe_layer.hpp"
+#include "runtime/layer_tensors.hpp"
 
 namespace moe {
 namespace {
@@ -181,23 +181,14 @@ SafetensorsFile make_layer_case_file(const MoeConfig& config,
 
 void load_parameters(const LayerCase& layer_case, MoeLayer& layer) {
   const auto& tensors = layer_case.file.tensors;
-  const auto gate = tensors.at("gate.weight").f32();
-  std::copy(gate.begin(), gate.end(), layer.gate_weight().begin());
-  if (auto bias = tensors.find(std::string(kSelectionBias)); bias != tensors.end()) {
-    std::copy(bias->second.f32().begin(), bias->second.f32().end(), layer.selection_bias().begin());
+  for (const LayerTensor& t : layer_parameters(layer)) {
+    const auto values = tensors.at(t.name).f32();
+    std::copy(values.begin(), values.end(), t.value.begin());
   }
-  experts::ExpertShard& shard = layer.experts();
-  const auto names = experts::expert_param_names(layer_case.config.activation);
-  for (std::int64_t e = 0; e < shard.num_experts(); ++e) {
-    for (std::string_view param : names) {
-      const auto values = tensors.at(expert_tensor(layer.first_expert() + e, param)).f32();
-      std::copy(values.begin(), values.end(), shard.param(e, param).begin());
-    }
-  }
-  for (std::int64_t e = 0; e < layer.shared_expert().num_experts(); ++e) {
-    for (std::string_view param : names) {
-      const auto values = tensors.at(std::string(kSharedPrefix) + std::string(param)).f32();
-      std::copy(values.begin(), values.end(), layer.shared_expert().param(e, param).begin());
+  // The selection bias may be absent from a case: it stays zero (SPEC.md section 2).
+  for (const LayerTensor& t : layer_buffers(layer)) {
+    if (auto it = tensors.find(t.name); it != tensors.end()) {
+      std::copy(it->second.f32().begin(), it->second.f32().end(), t.value.begin());
     }
   }
 }
