@@ -16,6 +16,12 @@ void grow(std::vector<T>& v, Index n) {
   if (static_cast<Index>(v.size()) < n) v.resize(static_cast<std::size_t>(n));
 }
 
+// memcpy of a block that may be empty: an empty vector's data() may be null, which memcpy must
+// not be given even for zero bytes (UBSan reports it).
+void copy_block(void* to, const void* from, std::size_t bytes) {
+  if (bytes > 0) std::memcpy(to, from, bytes);
+}
+
 // g · row in 16 lanes added pairwise at the end: vectorizable, and the same order every call.
 float dot_row(const float* g, const float* row, Index width) {
   constexpr int kLanes = 16;
@@ -188,7 +194,7 @@ void HierarchicalExchange::dispatch(HierarchicalRoute& route, std::span<const fl
   for (int n = 0; n < nodes; ++n) count_send_[n + 1] = count_send_[n] + static_cast<Index>(cross_recv_[n]);
   for (int n = 0; n < nodes; ++n) {
     const Index unique = route.relay_counts[n * (per_node + 1)];
-    std::memcpy(relay_rows_.data() + route.relay_start[n] * width, recv_bytes_.data() + count_send_[n],
+    copy_block(relay_rows_.data() + route.relay_start[n] * width, recv_bytes_.data() + count_send_[n],
                 static_cast<std::size_t>(unique) * row_bytes);
   }
   Index f = 0;
@@ -278,7 +284,7 @@ void HierarchicalExchange::combine(HierarchicalRoute& route, std::span<const flo
   }
   grow(send_bytes_, route.relay_start[nodes] * static_cast<Index>(row_bytes));
   grow(recv_bytes_, route.unique_start[nodes] * static_cast<Index>(row_bytes));
-  std::memcpy(send_bytes_.data(), partial_.data(), static_cast<std::size_t>(route.relay_start[nodes]) * row_bytes);
+  copy_block(send_bytes_.data(), partial_.data(), static_cast<std::size_t>(route.relay_start[nodes]) * row_bytes);
   cross(true);
 
   std::fill(y.begin(), y.end(), 0.0f);
@@ -358,13 +364,13 @@ void HierarchicalExchange::combine_gradient(HierarchicalRoute& route, std::span<
   grow(recv_bytes_, recv_total);
   for (int n = 0; n < nodes; ++n) {
     const Index unique = route.relay_start[n + 1] - route.relay_start[n];
-    std::memcpy(send_bytes_.data() + count_send_[n], partial_.data() + route.relay_start[n] * width,
+    copy_block(send_bytes_.data() + count_send_[n], partial_.data() + route.relay_start[n] * width,
                 static_cast<std::size_t>(unique) * row_bytes);
   }
   for (Index f = 0; f < fan_total; ++f) {
     const int n = route.fan_node[f];
     const Index unique = route.relay_start[n + 1] - route.relay_start[n];
-    std::memcpy(send_bytes_.data() + count_send_[n] + static_cast<std::size_t>(unique) * row_bytes +
+    copy_block(send_bytes_.data() + count_send_[n] + static_cast<std::size_t>(unique) * row_bytes +
                     static_cast<std::size_t>(route.fan_entry[f]) * sizeof(float),
                 &fan_dot_[f], sizeof(float));
   }
@@ -380,7 +386,7 @@ void HierarchicalExchange::combine_gradient(HierarchicalRoute& route, std::span<
       for (Index i = 0; i < width; ++i) dst[i] += src[i];
     }
     const Index sent = rows_of(route.send_rows.data() + m * per_node);
-    std::memcpy(row_dot.data() + row, at, static_cast<std::size_t>(sent) * sizeof(float));
+    copy_block(row_dot.data() + row, at, static_cast<std::size_t>(sent) * sizeof(float));
     at += static_cast<std::size_t>(sent) * sizeof(float);
     row += sent;
   }

@@ -91,7 +91,8 @@ TEST_CASE("a trainer drives a layer through <moe_ep/moe_ep.hpp>") {
   layer.zero_grad();
   layer.backward(x, y, dx, ctx);
   layer.reduce_gradients(groups, moe_ep::GradReduction::mean);
-  const auto& gate_grad = layer.parameters().front().grad;
+  const std::vector<moe_ep::LayerTensor> params = layer.parameters();
+  const auto& gate_grad = params.front().grad;
   CHECK(std::any_of(gate_grad.begin(), gate_grad.end(), [](float g) { return g != 0.0f; }));
   CHECK(std::any_of(dx.begin(), dx.end(), [](float g) { return g != 0.0f; }));
 }
