@@ -2,9 +2,15 @@
 
     step = gemm + pipeline(exchanges, expert compute, chunks), forward and backward + other
 
+  measured  every time the model fits or is checked against is moe-bench's own time (the wall
+            time less the run-queue waits, apps/run_queue.hpp) when the run reported it. On a
+            shared machine the wall time of compute follows the scheduler, not the work: one
+            step's expert compute took the same CPU time with 1, 2 and 4 chunks and 3x the wall
+            time with one chunk (one long burst, shared with other processes) as with four.
   gemm      expert GEMM flops of the busiest rank / GEMM rate R. Flops per step: 6 * n_mats * rows_max
             * d * h (forward 2 n_mats rows d h; backward twice that), n_mats = 2 (3 for swiglu),
-            rows_max = T * k * kept_share * imbalance (imbalance = max/mean kept rows over ranks).
+            rows_max = T * k * kept_share * imbalance (imbalance = max/mean kept rows over ranks);
+            with the padded exchange the experts compute every slot: E * capacity rows.
             With more ranks than cores the ranks share cores: the time scales by
             1 + phi * max(0, P / cores - 1), phi fitted (1 would be a fair share of the cores; more
             when waiting ranks also take CPU, as MPI's polling does), 1 on a GPU cluster.
@@ -16,14 +22,19 @@
   pipeline  with C chunks, a pass's exchange X (2 (alpha - lat + C lat) + bytes/beta, lat the link's
             own latency when known, else alpha: the wait for the slowest rank is paid once per
             pass, the latency per chunk) and compute K overlap as a two-stage pipeline:
-            X/C + K/C + (C-1) * max(X/C, K/C).
+            X/C + K/C + (C-1) * max(X/C, K/C). With C > 1 the exchanges run on the
+            communication thread, which shares its rank's core with the compute: each pays a
+            further lambda (waking up, and waiting for the core), fitted on the chunked training
+            points (0 without any).
   other     router, permutations, activations, combine, and the small collectives (counts,
             statistics): g0 + gp [P > 1] + g1 * rows_max * (2d + h) (the last scaled by the
             oversubscription like the GEMMs), fitted on what is left of the measured step.
 
 Calibration (least squares, numpy): R from moe-bench's GEMM floors, alpha and beta per link class
 from its exchange times (points with one chunk, more than one rank; with one message size only,
-or a slope lost in noise, beta is the simulated link's nominal one and alpha is fitted alone), g
+or a slope lost in noise, beta is the simulated link's nominal one and alpha is fitted alone;
+a simulated link's alpha and beta are its own latency and bandwidth, since its measured exchange
+times also hold the waits for a peer that is late, on a shared machine mostly for a core), g
 from the remainder (a negative coefficient is set to 0 and the others refitted). The bytes on the
 busiest link are moe-bench's link_bytes_max when measured (padding of the padded exchange
 included), else rows_max * (P-1)/P * d * wire bytes per exchange. Each
@@ -52,6 +63,14 @@ def features(rec, cores):
     kept_share = 1 - dropped / max(1, P * T * k)
     imbalance = med.get("rank_load_max_over_mean", 1.0) or 1.0
     wire_bytes = 2 if f.get("wire") == "bf16" else 4
+    # The padded exchange gives every (source rank, local expert) pair a block of capacity slots,
+    # and the experts compute every slot, padding included: E * slots rows on each rank.
+    padded_rows = None
+    cf = float(f.get("capacity-factor", 1.25))
+    if f.get("exchange") == "padded" and cf > 0:
+        E = int(f["experts"])
+        slots = max(int(f.get("min-capacity", 4)), math.ceil(cf * T * k / E))
+        padded_rows = E * slots
     return {
         "P": P, "T": T, "d": d, "h": h, "k": k, "n_mats": n_mats, "kept_share": kept_share,
         "imbalance": imbalance, "wire_bytes": wire_bytes, "chunks": int(med.get("chunks", 1) or 1),
@@ -59,15 +78,33 @@ def features(rec, cores):
         # The bytes the plan put on the busiest link in one pass (padding included): an outcome of
         # the routing, known before any timing; the formula below is used when it is absent.
         "link_bytes": med.get("link_bytes_max"),
+        "padded_rows": padded_rows,
     }
 
 
+def measured(med, name):
+    """A measured figure (ms) less the run-queue waits in it, when moe-bench reported that
+    (`<name>_own_ms`, apps/run_queue.hpp), else its wall time. On a machine others share, the wall
+    time of compute depends on how the scheduler shares the core, which depends on the pattern of
+    the work (one long burst or a burst per chunk), not only on its amount: the own time does not."""
+    own = med.get(name[:-3] + "_own_ms") if name.endswith("_ms") else None
+    return own if own is not None else med[name]
+
+
 def rows_max(x):
+    """Rows the busiest rank's experts compute."""
+    if x.get("padded_rows"):
+        return x["padded_rows"]
     return x["T"] * x["k"] * x["kept_share"] * x["imbalance"]
 
 
 def step_flops(x):
     return 6.0 * x["n_mats"] * rows_max(x) * x["d"] * x["h"]
+
+
+def floor_flops(x):
+    """Flops of moe-bench's GEMM floor: the kept rows only (no padding)."""
+    return step_flops(dict(x, padded_rows=None))
 
 
 def other_elements(x):
@@ -149,6 +186,7 @@ class Model:
         self.phi = 1.0                 # slowdown per rank beyond the cores (oversubscription)
         self.links = {}                # class -> {"alpha": s, "beta": B/s}
         self.other = (0.0, 0.0, 0.0)   # g0 [s], gp [s when P > 1], g1 [s per element]
+        self.thread_op = 0.0           # lambda [s]: cost of one exchange on the communication thread
         self.fit_report = []           # (name, value, stderr, unit) rows
         self.fit_quality = {}          # component -> (relative RMS residual, points)
 
@@ -159,15 +197,15 @@ class Model:
             raise ValueError("no points to fit the model on")
         # GEMM rate and oversubscription: t = flops (1 + phi * excess) / R, linear in 1/R and
         # phi/R. Without oversubscribed points phi is not measurable: a fair share (1) is assumed.
-        y = [(r["median"]["gemm_fwd_ms"] + r["median"]["gemm_bwd_ms"]) / 1e3 for _, r in xs]
+        y = [(measured(r["median"], "gemm_fwd_ms") + measured(r["median"], "gemm_bwd_ms")) / 1e3 for _, r in xs]
         if any(x["excess"] > 0 for x, _ in xs):
-            A = [[step_flops(x), step_flops(x) * x["excess"]] for x, _ in xs]
+            A = [[floor_flops(x), floor_flops(x) * x["excess"]] for x, _ in xs]
             p, rms, n = _nonnegative_lstsq(A, y, ["inv_rate", "phi_inv_rate"])
             inv, se = p["inv_rate"]
             self.phi = p["phi_inv_rate"][0] / inv
             phi_se = p["phi_inv_rate"][1] / inv
         else:
-            p, rms, n = _lstsq([[step_flops(x)] for x, _ in xs], y, ["inv_rate"])
+            p, rms, n = _lstsq([[floor_flops(x)] for x, _ in xs], y, ["inv_rate"])
             inv, se = p["inv_rate"]
             self.phi, phi_se = 1.0, math.nan
         self.gemm_rate = 1 / inv
@@ -178,6 +216,18 @@ class Model:
 
         # Links: per class, t(pass exchanges) = 2 alpha + bytes / beta (forward and backward both).
         for cls in sorted({x["link"] for x, _ in xs}):
+            if _nominal_beta(cls) and _nominal_latency(cls) is not None:
+                # A simulated link is what its model says (comm/simulated_link.hpp): its latency
+                # and bandwidth. Its measured exchange times also hold the waits for a peer that
+                # is late, on a shared machine mostly for a core: that is left to the step's
+                # own time and the fixed costs below, not taken as the link's.
+                self.links[cls] = {"alpha": _nominal_latency(cls), "beta": _nominal_beta(cls),
+                                   "latency": _nominal_latency(cls)}
+                self.fit_report.append((f"alpha [{cls}]", _nominal_latency(cls) * 1e6, math.nan,
+                                        "us per exchange (the simulated link's)"))
+                self.fit_report.append((f"beta [{cls}]", _nominal_beta(cls) / 1e9, math.nan,
+                                        "GB/s per direction (the simulated link's)"))
+                continue
             rows, y = [], []
             for x, r in xs:
                 if x["link"] != cls or x["P"] <= 1 or x["chunks"] != 1:
@@ -221,7 +271,13 @@ class Model:
             if x["chunks"] != 1:
                 continue
             m = r["median"]
-            rest = m["step_ms"] - m["gemm_fwd_ms"] - m["gemm_bwd_ms"] - m["exchange_ms"] - m["bwd_exchange_ms"]
+            gemm = measured(m, "gemm_fwd_ms") + measured(m, "gemm_bwd_ms")
+            if x["P"] > 1 and x["link"] in self.links:
+                lk = self.links[x["link"]]
+                exchanges = 2 * (2 * lk["alpha"] + pass_link_bytes(x) / lk["beta"]) * 1e3
+            else:
+                exchanges = m["exchange_ms"] + m["bwd_exchange_ms"]
+            rest = measured(m, "step_ms") - gemm - exchanges
             A.append([1.0, 1.0 if x["P"] > 1 else 0.0, other_elements(x) * self.slowdown(x)])
             y.append(rest / 1e3)
         if len(A) >= 2:
@@ -233,7 +289,31 @@ class Model:
                                 ("other: per row element g1", p["g1"][0] * 1e9, p["g1"][1] * 1e9,
                                  "ns per element of rows_max * (2d + h)")]
             self.fit_quality["other"] = (rms, n)
+        self._fit_thread_op(xs)
         return self
+
+    def _fit_thread_op(self, xs):
+        """lambda from the chunked training points, if any: the cost that makes each such point's
+        predicted step its measured one (the prediction grows with lambda: bisection), median."""
+        found = []
+        for x, r in xs:
+            if x["chunks"] <= 1 or x["P"] <= 1 or x["link"] not in self.links:
+                continue
+            target = measured(r["median"], "step_ms") / 1e3
+            lo, hi = 0.0, 0.1
+            self.thread_op = lo
+            if self.predict(x)["step"] >= target:
+                found.append(0.0)
+                continue
+            for _ in range(60):
+                self.thread_op = 0.5 * (lo + hi)
+                lo, hi = (self.thread_op, hi) if self.predict(x)["step"] < target else (lo, self.thread_op)
+            found.append(0.5 * (lo + hi))
+        self.thread_op = float(np.median(found)) if found else 0.0
+        if found:
+            spread = (max(found) - min(found)) / 2 if len(found) > 1 else math.nan
+            self.fit_report.append(("chunked: per exchange lambda", self.thread_op * 1e3, spread * 1e3,
+                                    f"ms per exchange on the communication thread ({len(found)} chunked points)"))
 
     # --- prediction ---------------------------------------------------------------------------
     def slowdown(self, x):
@@ -257,6 +337,8 @@ class Model:
             if x["P"] > 1:
                 lk = link or self.link_for(x["link"])
                 X = 2 * per_exchange_cost(lk, C) + pass_link_bytes(x) / lk["beta"]
+                if C > 1:
+                    X += 2 * C * self.thread_op
             else:
                 X = 0.0
             exch_total += X
@@ -276,7 +358,7 @@ def validate(model, records):
             pred = model.predict_record(r)["step"] * 1e3
         except KeyError:
             continue
-        meas = r["median"]["step_ms"]
+        meas = measured(r["median"], "step_ms")
         rows.append((r, meas, pred, (pred - meas) / meas))
     errs = np.array([abs(e) for *_, e in rows]) if rows else np.array([])
     summary = {"points": len(rows),

@@ -15,7 +15,9 @@ import time
 NUMERIC = ["step_ms", "fwd_ms", "bwd_ms", "gemm_fwd_ms", "gemm_bwd_ms", "gemm_gflops",
            "exchange_ms", "bwd_exchange_ms", "compute_ms", "raw_alltoallv_ms", "algbw_gbs",
            "busbw_gbs", "tokens_per_s", "layer_over_gemm", "load_max_over_mean",
-           "rank_load_max_over_mean", "link_bytes_max", "dropped_assignments", "chunks"]
+           "rank_load_max_over_mean", "link_bytes_max", "dropped_assignments", "chunks",
+           # less the run-queue waits (moe-bench: apps/run_queue.hpp); what the model fits
+           "step_own_ms", "fwd_own_ms", "bwd_own_ms", "gemm_fwd_own_ms", "gemm_bwd_own_ms"]
 PHASES = ["route", "permute", "exchange", "experts", "exchange_back", "combine"]
 
 
@@ -41,6 +43,8 @@ def command(point, bench, mpirun="mpirun", mpirun_args=()):
 def _flatten(result):
     row = {k: result.get(k) for k in NUMERIC if k in result}
     row["step_ms"] = result["fwd_ms"] + result["bwd_ms"]
+    if "fwd_own_ms" in result:
+        row["step_own_ms"] = result["fwd_own_ms"] + result["bwd_own_ms"]
     for pass_name in ("fwd", "bwd"):
         for ph in PHASES:
             row[f"{pass_name}.{ph}_ms"] = result.get(f"{pass_name}_phase_ms", {}).get(ph, 0.0)
@@ -64,12 +68,16 @@ def run_once(cmd, timeout):
     return None, f"exit {proc.returncode}: " + " | ".join(tail)
 
 
-def summarize(point, cmd, runs, wall_s, trace_path):
-    """The JSONL record of a point whose repeats all ran: medians, min and max, every run."""
+def _summary(runs):
     flat = [_flatten(r) for r in runs]
     keys = flat[0].keys()
-    summary = {stat: {k: fn([f[k] for f in flat]) for k in keys}
-               for stat, fn in (("median", statistics.median), ("min", min), ("max", max))}
+    return {stat: {k: fn([f[k] for f in flat]) for k in keys}
+            for stat, fn in (("median", statistics.median), ("min", min), ("max", max))}
+
+
+def summarize(point, cmd, runs, wall_s, trace_path):
+    """The JSONL record of a point whose repeats all ran: medians, min and max, every run."""
+    summary = _summary(runs)
     return {"key": point.key, "status": "ok", "study": point.study, "params": point.params,
             "ranks": point.ranks, "flags": point.flags, "command": cmd, "repeats": len(runs),
             "trace": trace_path,
@@ -95,6 +103,8 @@ def load_results(jsonl_path):
             except json.JSONDecodeError:
                 continue
             if rec.get("status") == "ok":
+                if rec.get("runs") and set(_flatten(rec["runs"][0])) - set(rec["median"]):
+                    rec.update(_summary(rec["runs"]))  # written before a figure was summarized
                 done[rec["key"]] = rec
     return done
 
