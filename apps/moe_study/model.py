@@ -23,9 +23,11 @@
             own latency when known, else alpha: the wait for the slowest rank is paid once per
             pass, the latency per chunk) and compute K overlap as a two-stage pipeline:
             X/C + K/C + (C-1) * max(X/C, K/C). With C > 1 the exchanges run on the
-            communication thread, which shares its rank's core with the compute: each pays a
-            further lambda (waking up, and waiting for the core), fitted on the chunked training
-            points (0 without any).
+            communication thread, which shares its rank's core with the compute: the first
+            dispatch and the last return, the ones the compute cannot hide, wait for it to wake
+            and for its peer's, nu per pass more than on the calling thread, fitted on the
+            chunked training points (0 without any). Measured: chunked steps exceed the one-chunk
+            step by about the same with 2 and 4 chunks, so this cost is per pass, not per chunk.
   other     router, permutations, activations, combine, and the small collectives (counts,
             statistics): g0 + gp [P > 1] + g1 * rows_max * (2d + h) (the last scaled by the
             oversubscription like the GEMMs), fitted on what is left of the measured step.
@@ -186,7 +188,7 @@ class Model:
         self.phi = 1.0                 # slowdown per rank beyond the cores (oversubscription)
         self.links = {}                # class -> {"alpha": s, "beta": B/s}
         self.other = (0.0, 0.0, 0.0)   # g0 [s], gp [s when P > 1], g1 [s per element]
-        self.thread_op = 0.0           # lambda [s]: cost of one exchange on the communication thread
+        self.thread_op = 0.0           # nu [s]: a chunked pass's extra fill and drain (communication thread)
         self.fit_report = []           # (name, value, stderr, unit) rows
         self.fit_quality = {}          # component -> (relative RMS residual, points)
 
@@ -293,7 +295,7 @@ class Model:
         return self
 
     def _fit_thread_op(self, xs):
-        """lambda from the chunked training points, if any: the cost that makes each such point's
+        """nu from the chunked training points, if any: the cost that makes each such point's
         predicted step its measured one (the prediction grows with lambda: bisection), median."""
         found = []
         for x, r in xs:
@@ -312,8 +314,8 @@ class Model:
         self.thread_op = float(np.median(found)) if found else 0.0
         if found:
             spread = (max(found) - min(found)) / 2 if len(found) > 1 else math.nan
-            self.fit_report.append(("chunked: per exchange lambda", self.thread_op * 1e3, spread * 1e3,
-                                    f"ms per exchange on the communication thread ({len(found)} chunked points)"))
+            self.fit_report.append(("chunked: fill and drain nu", self.thread_op * 1e3, spread * 1e3,
+                                    f"ms per pass with chunks > 1 ({len(found)} chunked points)"))
 
     # --- prediction ---------------------------------------------------------------------------
     def slowdown(self, x):
@@ -338,7 +340,7 @@ class Model:
                 lk = link or self.link_for(x["link"])
                 X = 2 * per_exchange_cost(lk, C) + pass_link_bytes(x) / lk["beta"]
                 if C > 1:
-                    X += 2 * C * self.thread_op
+                    step += self.thread_op
             else:
                 X = 0.0
             exch_total += X
