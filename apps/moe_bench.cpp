@@ -370,6 +370,10 @@ nlohmann::json measure(comm::MpiCommunicator& world, const Options& o, const Moe
   j["compute_ms"] = compute_ms;
   j["shared_expert_ms"] = series.median_ms("shared_expert");
   j["fwd_over_max_exchange_compute"] = fwd_ms / std::max({exchange_ms, compute_ms, 1e-9});
+  const double bwd_exchange_ms = series.median_ms("bwd_exchange"), bwd_compute_ms = series.median_ms("bwd.experts");
+  j["bwd_compute_ms"] = bwd_compute_ms;
+  j["bwd_over_max_exchange_compute"] =
+      o.forward_only ? 0.0 : bwd_ms / std::max({bwd_exchange_ms, bwd_compute_ms, 1e-9});
   j["raw_alltoallv_ms"] = raw_ms;
   j["exchange_over_raw"] = raw_ms > 0 ? exchange_ms / raw_ms : 0.0;
   j["algbw_gbs"] = algbw;
@@ -450,6 +454,11 @@ void print_table(const nlohmann::json& j, const Options& o) {
               ms("exchange_ms"), ms("algbw_gbs"), ms("busbw_gbs"), j["wire"].get<std::string>().c_str());
   std::printf("%-34s %8.3f     (expert compute %.3f ms)\n", "forward / max(exchange, compute)",
               ms("fwd_over_max_exchange_compute"), ms("compute_ms"));
+  if (!o.forward_only) {
+    std::printf("%-34s %8.3f     (expert compute %.3f ms, exchanges %.3f ms)\n",
+                "backward / max(exchange, compute)", ms("bwd_over_max_exchange_compute"),
+                ms("bwd_compute_ms"), ms("bwd_exchange_ms"));
+  }
   for (const char* pass : {"fwd", "bwd"}) {
     if (std::string(pass) == "bwd" && o.forward_only) continue;
     const nlohmann::json& b = j[std::string(pass) + "_overheads_ms"];
