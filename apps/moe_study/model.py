@@ -268,9 +268,11 @@ class Model:
         # cost g0, the small collectives of a multi-rank step (count exchange, statistics; each
         # pays the link's latency) g_p, and g1 per element of the routed rows (permute, combine:
         # d each; activation: h).
+        # Oversubscribed points are left out: their own time already lacks the waits for the
+        # rank sharing the core, which the slowdown below would count again.
         A, y = [], []
         for x, r in xs:
-            if x["chunks"] != 1:
+            if x["chunks"] != 1 or (x["excess"] > 0 and any(z["excess"] == 0 for z, _ in xs)):
                 continue
             m = r["median"]
             gemm = measured(m, "gemm_fwd_ms") + measured(m, "gemm_bwd_ms")
