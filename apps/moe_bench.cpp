@@ -250,6 +250,12 @@ nlohmann::json measure(comm::MpiCommunicator& world, const Options& o, const Moe
     // figure is the pass as the machine would run it with nobody else on it.
     double own[2] = {t[0] - queued[fwd_queued], t[1] - queued[bwd_queued]};
     world.allreduce(std::span<double>(own), comm::ReduceOp::min);
+    // Each phase's CPU time on the calling thread (runtime/stats.hpp), the slowest rank's.
+    double cpu[2 * kNumPhases];
+    std::copy(phase_cpu_seconds.forward.begin(), phase_cpu_seconds.forward.end(), cpu);
+    std::copy(phase_cpu_seconds.backward.begin(), phase_cpu_seconds.backward.end(), cpu + kNumPhases);
+    if (o.forward_only) std::fill(cpu + kNumPhases, cpu + 2 * kNumPhases, 0.0);
+    world.allreduce(std::span<double>(cpu), comm::ReduceOp::max);
     std::copy(r.stats.phase_seconds.begin(), r.stats.phase_seconds.end(), t + 2);
     std::copy(ctx.backward_phase_seconds().begin(), ctx.backward_phase_seconds().end(),
               t + 2 + kNumPhases);
@@ -303,6 +309,8 @@ nlohmann::json measure(comm::MpiCommunicator& world, const Options& o, const Moe
     series.add("fwd", t[0]);
     series.add("bwd", t[1]);
     for (std::size_t p = 0; p < kNumPhases; ++p) {
+      series.add("fwd_cpu." + std::string(kPhaseNames[p]), cpu[p]);
+      series.add("bwd_cpu." + std::string(kPhaseNames[p]), cpu[kNumPhases + p]);
       series.add("fwd." + std::string(kPhaseNames[p]), t[2 + p]);
       series.add("bwd." + std::string(kPhaseNames[p]), t[2 + kNumPhases + p]);
     }
@@ -401,6 +409,8 @@ nlohmann::json measure(comm::MpiCommunicator& world, const Options& o, const Moe
     const std::string name(kPhaseNames[p]);
     j["fwd_phase_ms"][name] = series.median_ms("fwd." + name);
     j["bwd_phase_ms"][name] = series.median_ms("bwd." + name);
+    j["fwd_phase_cpu_ms"][name] = series.median_ms("fwd_cpu." + name);
+    j["bwd_phase_cpu_ms"][name] = series.median_ms("bwd_cpu." + name);
   }
   // The pipeline's overheads over max(exchange, compute) (runtime/stats.hpp): the count exchange
   // (inside route), the fill (the wait for the first chunk), the stalls (waits for later chunks),
@@ -467,6 +477,11 @@ void print_table(const nlohmann::json& j, const Options& o) {
                 b["outside_phases"].get<double>());
     if (b.contains("count_exchange")) std::printf("  count exchange %.3f", b["count_exchange"].get<double>());
     std::printf("\n");
+    const nlohmann::json& cpu = j[std::string(pass) + "_phase_cpu_ms"];
+    std::printf("  %s CPU of the calling thread, ms: route %.3f  permute %.3f  experts %.3f  combine %.3f"
+                "  (own time %.3f)\n", pass, cpu["route"].get<double>(), cpu["permute"].get<double>(),
+                cpu["experts"].get<double>(), cpu["combine"].get<double>(),
+                j[std::string(pass) + "_own_ms"].get<double>());
   }
   std::printf("%-34s %8.3f ms  (ratio %.3f)\n", "plain MPI_Alltoallv, same bytes", ms("raw_alltoallv_ms"),
               ms("exchange_over_raw"));

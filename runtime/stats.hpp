@@ -1,6 +1,8 @@
 // Statistics of one forward pass (SPEC.md section 10).
 #pragma once
 
+#include <time.h>
+
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -76,15 +78,37 @@ struct ForwardStats {
   double seconds(Phase phase) const { return phase_seconds[static_cast<std::size_t>(phase)]; }
 };
 
+// The calling thread's CPU time in each phase of the last forward and the last backward it timed.
+// A phase of work (route, permute, experts, combine) takes as much CPU as wall time unless another
+// process held the core; a phase of waiting takes little (or all, where an exchange polls). So
+// beside the wall times it tells work from waiting on a machine that others share (moe-bench's
+// *_phase_cpu_ms). One per thread: the layer's passes run on the calling thread.
+struct PhaseCpuSeconds {
+  std::array<double, kNumPhases> forward{};
+  std::array<double, kNumPhases> backward{};
+};
+inline thread_local PhaseCpuSeconds phase_cpu_seconds;
+
+// Seconds of CPU this thread has used (CLOCK_THREAD_CPUTIME_ID; a fraction of a microsecond).
+inline double thread_cpu_seconds() {
+  timespec t{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+}
+
 // Zeroes a set of phase times, then adds the wall time up to each lap() to that lap's phase. Each
 // lap is also an event of the trace when one is being recorded (runtime/trace.hpp): named after the
 // phase, in the category of its pass, so a phase is timed once for both.
 class PhaseTimer {
  public:
   // `pass` ("forward", "backward"): a literal, named in the trace.
+  // The CPU times go to phase_cpu_seconds' backward for a pass named "backward", else forward.
   PhaseTimer(std::array<double, kNumPhases>& seconds, const char* pass)
-      : seconds_(seconds), pass_(pass), last_(Clock::now()) {
+      : seconds_(seconds),
+        cpu_(std::string_view(pass) == "backward" ? phase_cpu_seconds.backward : phase_cpu_seconds.forward),
+        pass_(pass), last_(Clock::now()), last_cpu_(thread_cpu_seconds()) {
     seconds_ = {};
+    cpu_ = {};
   }
   // `chunk`: the pipeline chunk the lap belongs to, for the trace (-1: none).
   void lap(Phase phase, int chunk = -1) {
@@ -94,13 +118,18 @@ class PhaseTimer {
     // kPhaseNames are views of literals: data() is a lasting, terminated string.
     trace::record(kPhaseNames[index].data(), pass_, last_, now, chunk);
     last_ = now;
+    const double cpu = thread_cpu_seconds();
+    cpu_[index] += cpu - last_cpu_;
+    last_cpu_ = cpu;
   }
 
  private:
   using Clock = trace::Clock;
   std::array<double, kNumPhases>& seconds_;
+  std::array<double, kNumPhases>& cpu_;
   const char* pass_;
   Clock::time_point last_;
+  double last_cpu_;
 };
 
 }  // namespace moe
