@@ -143,6 +143,10 @@ class Dispatcher {
   void combine_backward(DispatchContext& ctx, std::span<const float> grad_rows,
                         std::span<float> dx, std::span<float> d_weight);
 
+  // Collective: if any rank has a `problem` (non-empty), every rank throws the same moe::Error;
+  // `phase` names the step for the watchdog.
+  void agree(const char* phase, const std::string& problem);
+
  private:
   // Work on chunk c once its rows arrived (receive order) and before they go back.
   using ChunkWork = FunctionRef<void(int)>;
@@ -170,8 +174,6 @@ class Dispatcher {
                          const char* phase);
   void forward_chunk(DispatchContext& ctx, int c, ExpertFunction experts);
   void backward_chunk(DispatchContext& ctx, int c, ExpertFunction experts);
-  // Collective: every rank says whether `problem` is empty.
-  void agree(const char* phase, const std::string& problem);
   void set_phase(const char* phase);
   void check_consistency();
   void start_worker();

@@ -7,6 +7,7 @@
 
 #include "runtime/dispatcher.hpp"
 #include "runtime/error.hpp"
+#include "runtime/local_failure.hpp"
 
 namespace moe {
 namespace {
@@ -14,15 +15,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 double since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
-
-// "" when `values` has `rows` rows of `width`, else what is wrong.
-std::string size_problem(const char* call, const char* name, std::span<const float> values,
-                         std::int64_t rows, std::int64_t width) {
-  const auto expected = static_cast<std::size_t>(rows * width);
-  if (values.size() == expected) return {};
-  return std::string(call) + ": " + name + " must have " + std::to_string(expected) + " elements (" +
-         std::to_string(rows) + " rows of " + std::to_string(width) + "), got " + std::to_string(values.size());
-}
 
 std::string first_of(std::initializer_list<std::string> problems) {
   for (const auto& p : problems) {

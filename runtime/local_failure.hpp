@@ -36,4 +36,14 @@ inline std::string first_non_finite(const char* name, std::span<const float> val
   return {};
 }
 
+// "" when `values` holds `rows` rows of `width` values, else what is wrong (`call` and `name` say
+// where).
+inline std::string size_problem(const char* call, const char* name, std::span<const float> values,
+                                std::int64_t rows, std::int64_t width) {
+  const auto expected = static_cast<std::size_t>(rows * width);
+  if (values.size() == expected) return {};
+  return std::string(call) + ": " + name + " must have " + std::to_string(expected) + " elements (" +
+         std::to_string(rows) + " rows of " + std::to_string(width) + "), got " + std::to_string(values.size());
+}
+
 }  // namespace moe
