@@ -8,8 +8,8 @@
 // One micro-batch:
 //   plan(ctx, routing)                     collective; afterwards ctx knows every size
 //   then either, pipelined (chunks overlap the exchanges with the caller's expert function):
-//     forward(ctx, x, y, experts)          experts(batch) per chunk as its rows arrive
-//     backward(ctx, dy, dx, d_weight, experts_backward)
+//     forward(ctx, x, y, experts, timer)   experts(batch) per chunk as its rows arrive
+//     prepare_backward(ctx, dy); backward(ctx, dy, dx, d_weight, experts_backward, timer)
 //   or, split (one exchange at a time; the caller computes in between):
 //     dispatch(ctx, x) -> rows grouped by local expert   ...   combine(ctx, outputs, y)
 //     dispatch_backward(ctx, dy) -> gradient rows        ...   combine_backward(ctx, grads, dx, d_weight)
