@@ -95,7 +95,6 @@ class Dispatcher {
   ~Dispatcher();
 
   const MoeConfig& config() const { return config_; }
-  comm::Communicator& comm() { return comm_; }
   int ep_rank() const { return comm_.rank(); }
   int ep_size() const { return comm_.size(); }
   std::int64_t local_experts() const { return num_experts_of(ep_rank(), config_.num_experts, ep_size()); }
