@@ -101,14 +101,17 @@ inline double thread_cpu_seconds() {
 // phase, in the category of its pass, so a phase is timed once for both.
 class PhaseTimer {
  public:
-  // `pass` ("forward", "backward"): a literal, named in the trace.
-  // The CPU times go to phase_cpu_seconds' backward for a pass named "backward", else forward.
-  PhaseTimer(std::array<double, kNumPhases>& seconds, const char* pass)
+  // `pass` ("forward", "backward"): a literal, named in the trace. `reset` = false adds to the
+  // times already there (a pass timed over several calls). The CPU times go to
+  // phase_cpu_seconds' backward for a pass named "backward", else forward.
+  PhaseTimer(std::array<double, kNumPhases>& seconds, const char* pass, bool reset = true)
       : seconds_(seconds),
         cpu_(std::string_view(pass) == "backward" ? phase_cpu_seconds.backward : phase_cpu_seconds.forward),
         pass_(pass), last_(Clock::now()), last_cpu_(thread_cpu_seconds()) {
-    seconds_ = {};
-    cpu_ = {};
+    if (reset) {
+      seconds_ = {};
+      cpu_ = {};
+    }
   }
   // `chunk`: the pipeline chunk the lap belongs to, for the trace (-1: none).
   void lap(Phase phase, int chunk = -1) {
