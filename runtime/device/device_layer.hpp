@@ -56,10 +56,11 @@ class DeviceLayer {
 
   // Copies the parameters to the space (shapes as zero_parameters gives).
   void load(const LayerParameters& host);
-  // The router's gradient (this rank's contribution), this rank's experts' and the shared
-  // expert's gradients, and the current selection bias, copied to the host (gate_weight holds the
-  // router's gradient).
+  // The gradients accumulated by backward, copied to the host: the router's (this rank's
+  // contribution, in gate_weight), this rank's experts' (full), the shared expert's (this rank's
+  // contribution); selection_bias stays zero (no gradient flows into it).
   LayerParameters gradients();
+  // The current selection bias, copied to the host.
   std::vector<float> selection_bias();
   void zero_grad();
 
@@ -85,6 +86,7 @@ class DeviceLayer {
   void expert_forward(int c);
   void expert_backward(int c);
   void reduce_statistics();
+  void set_losses(double lse_sq_total);
   std::span<const std::int64_t> chunk_offsets(int c) const { return plan_.chunk_expert_offsets(c); }
   std::size_t row_bytes() const { return static_cast<std::size_t>(config_.d_model) * sizeof(float); }
 
@@ -122,7 +124,8 @@ class DeviceLayer {
 
   // Host workspace of the control path.
   std::vector<std::int64_t> count_send_, count_recv_, recv_counts_;
-  std::vector<double> stat_local_, stat_all_;
+  std::vector<double> stat_local_, stat_all_, group_prob_sum_;
+  bool forwarded_ = false;  // a forward has filled the context backward walks back
   std::array<std::int64_t, 2> shared_offsets_{};
 };
 

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <new>
+#include <stdexcept>
 
 #include "runtime/device/device_layer.hpp"
 #include "runtime/device/expert_row_map.hpp"
@@ -128,7 +129,6 @@ template <LayerBackend Backend>
 LayerParameters DeviceLayer<Backend>::gradients() {
   LayerParameters grads = zero_parameters(config_, rank_, size_);
   backend_.download(static_cast<const float*>(gate_grad_.data()), std::span<float>(grads.gate_weight));
-  backend_.download(static_cast<const float*>(bias_.data()), std::span<float>(grads.selection_bias));
   layer_detail::download(backend_, expert_grads_, grads.experts);
   layer_detail::download(backend_, shared_grads_, grads.shared_expert);
   return grads;
@@ -186,6 +186,7 @@ const ForwardResult& DeviceLayer<Backend>::forward(const float* x, std::int64_t 
   backend_.synchronize();
   clock.lap(Phase::combine);
   reduce_statistics();
+  forwarded_ = true;
   return result_;
 }
 
@@ -367,6 +368,7 @@ void DeviceLayer<Backend>::expert_backward(int c) {
 
 template <LayerBackend Backend>
 void DeviceLayer<Backend>::backward(const float* x, const float* dy, float* dx, double grad_aux, double grad_z) {
+  if (!forwarded_) throw std::logic_error("moe-ep: DeviceLayer::backward before any forward");
   const std::int64_t d = config_.d_model, k = config_.top_k, tokens = plan_.num_tokens;
   const std::int64_t num_experts = config_.num_experts;
   PhaseTimer clock(backward_seconds_, "backward");
@@ -459,7 +461,8 @@ void DeviceLayer<Backend>::reduce_statistics() {
   stats.bytes_sent.resize(static_cast<std::size_t>(size_));
   stats.bytes_received.resize(static_cast<std::size_t>(size_));
   stats.total_tokens = stats.dropped_assignments = stats.dropped_tokens = 0;
-  std::vector<double> prob_sum(static_cast<std::size_t>(num_experts), 0.0);
+  std::vector<double>& prob_sum = group_prob_sum_;
+  prob_sum.assign(static_cast<std::size_t>(num_experts), 0.0);
   double lse_sq_total = 0;
   for (int r = 0; r < size_; ++r) {
     stats.rows_to_peer[static_cast<std::size_t>(r)] = plan_.send_rows_to(r);
@@ -478,18 +481,24 @@ void DeviceLayer<Backend>::reduce_statistics() {
     stats.bytes_sent[static_cast<std::size_t>(r)] = stats.bytes_received[static_cast<std::size_t>(r)] =
         static_cast<std::int64_t>(s[remote_rows]) * static_cast<std::int64_t>(row_bytes());
   }
-  result_.aux_loss = result_.z_loss = 0;
-  if (stats.total_tokens > 0) {
-    const double total = static_cast<double>(stats.total_tokens);
-    double balance = 0;
-    for (std::int64_t e = 0; e < num_experts; ++e) {
-      const double f = static_cast<double>(stats.expert_counts[e]) / (total * static_cast<double>(config_.top_k));
-      balance += f * (prob_sum[static_cast<std::size_t>(e)] / total);
-    }
-    result_.aux_loss = config_.aux_loss_coef * static_cast<double>(num_experts) * balance;
-    result_.z_loss = config_.z_loss_coef * lse_sq_total / total;
-  }
+  set_losses(lse_sq_total);
   stats.set_load_spread();
+}
+
+// SPEC.md section 7, from the group's sums; both losses are 0 for an empty group.
+template <LayerBackend Backend>
+void DeviceLayer<Backend>::set_losses(double lse_sq_total) {
+  const ForwardStats& stats = result_.stats;
+  result_.aux_loss = result_.z_loss = 0;
+  if (stats.total_tokens == 0) return;
+  const double total = static_cast<double>(stats.total_tokens);
+  double balance = 0;
+  for (std::size_t e = 0; e < stats.expert_counts.size(); ++e) {
+    const double f = static_cast<double>(stats.expert_counts[e]) / (total * static_cast<double>(config_.top_k));
+    balance += f * (group_prob_sum_[e] / total);
+  }
+  result_.aux_loss = config_.aux_loss_coef * static_cast<double>(config_.num_experts) * balance;
+  result_.z_loss = config_.z_loss_coef * lse_sq_total / total;
 }
 
 }  // namespace moe::device
