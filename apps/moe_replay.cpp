@@ -4,7 +4,8 @@
 //
 // Each rank computes only its own tokens (the case's tokens_per_rank) and hosts only its own
 // experts; rank 0 gathers the outputs and writes the result. When the case has grad_output the
-// backward runs too and every gradient of SPEC.md section 11 is written.
+// backward runs too and every gradient of SPEC.md section 11 is written. Several --case/--out pairs
+// run one after the other in the same job (the replay suite starts one job for all its cases).
 //
 // --dp-size N runs N data-parallel copies of the case's expert-parallel group on N x P ranks, each
 // copy with the case's tokens; gradients are averaged over the copies, so they equal the plain
@@ -32,8 +33,8 @@ using namespace moe;
 namespace {
 
 struct Options {
-  std::string case_path;
-  std::string out_path;
+  std::vector<std::string> case_paths;  // run one after the other, each writing its out_paths entry
+  std::vector<std::string> out_paths;
   int dp_size = 1;
   apps::ExecutionOptions execution;  // how to run the case; never what it computes
   apps::DeviceOption device;
@@ -44,11 +45,13 @@ std::optional<Options> parse_options(int argc, char** argv, int rank) {
   Options o;
   po::options_description desc(
       "moe-replay: run a layer case on P ranks and write its result\n"
-      "usage: mpirun -np P moe-replay --case CASE --out RESULT\noptions");
+      "usage: mpirun -np P moe-replay --case CASE --out RESULT [--case CASE --out RESULT ...]\noptions");
   desc.add_options()
       ("help", "print this help")
-      ("case", po::value(&o.case_path)->required(), "layer case (safetensors, SPEC.md section 11)")
-      ("out", po::value(&o.out_path)->required(), "result file to write (safetensors)")
+      ("case", po::value(&o.case_paths)->required(),
+       "layer case (safetensors, SPEC.md section 11); may be given several times")
+      ("out", po::value(&o.out_paths)->required(),
+       "result file to write (safetensors), one per --case, in the same order")
       ("dp-size", po::value(&o.dp_size)->default_value(1),
        "data-parallel copies of the expert-parallel group (the job has dp-size x P ranks)");
   apps::add_execution_options(desc, o.execution);
@@ -60,6 +63,10 @@ std::optional<Options> parse_options(int argc, char** argv, int rank) {
     return std::nullopt;
   }
   po::notify(vm);
+  if (o.case_paths.size() != o.out_paths.size()) {
+    throw apps::UsageError(std::to_string(o.case_paths.size()) + " --case but " + std::to_string(o.out_paths.size()) +
+                           " --out: give one --out per --case");
+  }
   if (o.dp_size < 1) throw apps::UsageError("--dp-size must be >= 1");
   apps::finish_device_option(o.device);
   if (o.dp_size > 1 && o.device.kind != apps::DeviceKind::host) {
@@ -131,7 +138,7 @@ Outcome run_device(apps::DeviceKind kind, comm::MpiCommunicator& ep, const Layer
 
 // Rank 0 of the world writes the result file (SPEC.md section 11).
 void write_result(comm::MpiCommunicator& world, comm::Communicator& ep, const Options& options,
-                  const LayerCase& layer_case, const Outcome& outcome) {
+                  const LayerCase& layer_case, const Outcome& outcome, const std::string& out_path) {
   const std::int64_t d = layer_case.config.d_model;
   const int rank = ep.rank();
   // Only ep rank 0 holds the gathered tensors (and world rank 0 writes them).
@@ -184,7 +191,7 @@ void write_result(comm::MpiCommunicator& world, comm::Communicator& ep, const Op
     out.tensors["expert_counts"] = Tensor::from_i64({experts}, result.stats.expert_counts);
     out.tensors["expert_kept"] = Tensor::from_i64({experts}, result.stats.expert_kept);
     try {
-      write_safetensors(options.out_path, out);
+      write_safetensors(out_path, out);
     } catch (const FileError& e) {
       throw Error(e.what());
     }
@@ -197,19 +204,19 @@ void write_result(comm::MpiCommunicator& world, comm::Communicator& ep, const Op
               << " assignments, dropped " << result.stats.dropped_assignments << " ("
               << result.stats.dropped_tokens << " tokens lost every choice); aux_loss "
               << result.aux_loss << ", z_loss " << result.z_loss << "\n"
-              << "moe-replay: wrote " << options.out_path
+              << "moe-replay: wrote " << out_path
               << (layer_case.has_grad_output() ? " with gradients" : " (no grad_output: forward only)") << "\n";
   });
 }
 
-int replay(comm::MpiCommunicator& world, const Options& options) {
-  apps::apply_watchdog(options.execution, world);
+void replay(comm::MpiCommunicator& world, const Options& options, const std::string& case_path,
+            const std::string& out_path) {
   LayerCase layer_case;
   collectively(world, [&] {
-    layer_case = read_layer_case(options.case_path);
+    layer_case = read_layer_case(case_path);
     const auto entries = static_cast<int>(layer_case.tokens_per_rank.size());
     if (entries * options.dp_size != world.size()) {
-      std::string why = options.case_path + ": tokens_per_rank has " + std::to_string(entries) +
+      std::string why = case_path + ": tokens_per_rank has " + std::to_string(entries) +
                         " entries";
       if (options.dp_size > 1) why += " and --dp-size is " + std::to_string(options.dp_size);
       why += ", so the job needs " + std::to_string(entries * options.dp_size) + " ranks but has " +
@@ -236,7 +243,12 @@ int replay(comm::MpiCommunicator& world, const Options& options) {
       options.device.kind == apps::DeviceKind::host
           ? run_host(groups, layer_case, rows_of("input"), rows_of("grad_output"))
           : run_device(options.device.kind, world, layer_case, rows_of("input"), rows_of("grad_output"));
-  write_result(world, ep, options, layer_case, outcome);
+  write_result(world, ep, options, layer_case, outcome, out_path);
+}
+
+int replay_all(comm::MpiCommunicator& world, const Options& options) {
+  apps::apply_watchdog(options.execution, world);
+  for (std::size_t i = 0; i < options.case_paths.size(); ++i) replay(world, options, options.case_paths[i], options.out_paths[i]);
   return 0;
 }
 
@@ -245,6 +257,6 @@ int replay(comm::MpiCommunicator& world, const Options& options) {
 int main(int argc, char** argv) {
   return apps::run_mpi_program("moe-replay", argc, argv, [&](comm::MpiCommunicator& world) {
     const auto options = parse_options(argc, argv, world.rank());
-    return options ? replay(world, *options) : 0;
+    return options ? replay_all(world, *options) : 0;
   });
 }

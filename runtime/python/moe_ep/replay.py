@@ -1,11 +1,12 @@
 """python3 -m moe_ep.replay: moe-replay through the PyTorch module (SPEC.md section 11).
 
-    mpirun -np P python3 -m moe_ep.replay --case CASE.safetensors --out RESULT.safetensors
+    mpirun -np P python3 -m moe_ep.replay --case CASE.safetensors --out RESULT.safetensors [--case ... --out ...]
 
 The same contract as moe-replay, with its execution options: each rank loads its experts and its
 tokens of the case into a moe_ep.MoELayer, runs forward, and, when the case has grad_output,
 backward through autograd with loss = sum(y * grad_output) + aux_loss + z_loss; rank 0 writes the
 result. --dp-size N runs N data-parallel copies of the case's group (gradients averaged).
+Several --case/--out pairs run one after the other in the same job (importing torch once).
 """
 import argparse
 import sys
@@ -24,8 +25,10 @@ class UsageError(Exception):
 def parse_options(argv):
     parser = argparse.ArgumentParser(prog=f"mpirun -np P python3 -m {PROGRAM}",
                                      description="run a layer case on P ranks through the PyTorch module")
-    parser.add_argument("--case", required=True, help="layer case (safetensors, SPEC.md section 11)")
-    parser.add_argument("--out", required=True, help="result file to write (safetensors)")
+    parser.add_argument("--case", required=True, action="append",
+                        help="layer case (safetensors, SPEC.md section 11); may be given several times")
+    parser.add_argument("--out", required=True, action="append",
+                        help="result file to write (safetensors), one per --case, in the same order")
     parser.add_argument("--dp-size", type=int, default=1,
                         help="data-parallel copies of the expert-parallel group (the job has dp-size x P ranks)")
     execution = [f for f in moe_ep.config_fields() if f["kind"] == "execution"]
@@ -36,6 +39,8 @@ def parse_options(argv):
     parser.add_argument("--watchdog-seconds", type=float, default=300.0,
                         help="abort the job when a collective has not completed after this long; 0 turns it off")
     options = parser.parse_args(argv)
+    if len(options.case) != len(options.out):
+        raise UsageError(f"{len(options.case)} --case but {len(options.out)} --out: give one --out per --case")
     if options.dp_size < 1:
         raise UsageError("--dp-size must be >= 1")
     if not options.watchdog_seconds >= 0 or options.watchdog_seconds == float("inf"):
@@ -65,10 +70,8 @@ def gather(ep, tensor):
     return moe_ep._moe_ep.gather_to_root(ep, tensor.detach().contiguous().reshape(-1).numpy())
 
 
-def replay(options):
-    world = moe_ep.world()
-    world.set_timeout(options.watchdog_seconds)
-    case = moe_ep._moe_ep.read_layer_case(options.case, world, options.dp_size)
+def replay(options, world, case_path, out_path):
+    case = moe_ep._moe_ep.read_layer_case(case_path, world, options.dp_size)
     groups = moe_ep.ParallelGroups(world, world.size // options.dp_size)
     ep = groups.ep
     config = case["config"]
@@ -111,7 +114,7 @@ def replay(options):
     out["z_loss"] = z.detach().reshape(1).numpy()
     out["expert_counts"] = torch.tensor(stats["expert_counts"], dtype=torch.int64).numpy()
     out["expert_kept"] = torch.tensor(stats["expert_kept"], dtype=torch.int64).numpy()
-    moe_ep._moe_ep.write_result(world, options.out, out if world.rank == 0 else {}, case["metadata"])
+    moe_ep._moe_ep.write_result(world, out_path, out if world.rank == 0 else {}, case["metadata"])
     if world.rank == 0:
         total = sum(case["tokens_per_rank"])
         top_k = int(config.get("top_k"))
@@ -120,13 +123,17 @@ def replay(options):
               f"{PROGRAM}: kept {total * top_k - stats['dropped_assignments']} assignments, dropped "
               f"{stats['dropped_assignments']} ({stats['dropped_tokens']} tokens lost every choice); "
               f"aux_loss {stats['aux_loss']}, z_loss {stats['z_loss']}\n"
-              f"{PROGRAM}: wrote {options.out}"
+              f"{PROGRAM}: wrote {out_path}"
               + (" with gradients" if has_grad else " (no grad_output: forward only)"), flush=True)
 
 
 def main(argv=None):
     try:
-        replay(parse_options(sys.argv[1:] if argv is None else argv))
+        options = parse_options(sys.argv[1:] if argv is None else argv)
+        world = moe_ep.world()
+        world.set_timeout(options.watchdog_seconds)
+        for case_path, out_path in zip(options.case, options.out):
+            replay(options, world, case_path, out_path)
     except moe_ep.Error as e:  # agreed by every rank: each prints it and exits
         sys.stderr.write(f"{PROGRAM}: error: {e}\n")
         return 1
