@@ -1,12 +1,14 @@
 // The device layer's composition (runtime/device/device_layer.hpp) on the host backend: the same
 // control logic, ops and chunked exchanges a GPU runs, here with the host launcher, oneDNN and MPI.
 // Forward, backward and the selection-bias update against the float64 reference on every
-// standard case, with one chunk and with three; against MoeLayer; bitwise reproducible; a reused
-// layer equals a fresh one; refused options. Only CHECK after the first collective.
+// standard case, with one chunk and with three; against MoeLayer on a few; bitwise reproducible;
+// a reused layer equals a fresh one; refused options. Only CHECK after the first collective.
 #include <catch2/catch.hpp>
 
 #include <cmath>
 #include <memory>
+#include <set>
+#include <string>
 
 #include "comm/mpi_communicator.hpp"
 #include "runtime/device/device_layer.hpp"
@@ -137,8 +139,12 @@ TEST_CASE("the device layer on the host backend matches the float64 reference", 
 }
 
 TEST_CASE("the device layer agrees with MoeLayer", "[device][layer]") {
+  // A few cases that differ in every part of the layer (the reference test above runs them all).
+  const std::set<std::string> chosen = {"empty_rank", "score_policy", "sigmoid_bias", "shared_swiglu_dropping",
+                                        "global_score", "deepseek_v3"};
   auto world = comm::MpiCommunicator::world();
   for (const auto& named : test::standard_cases(world->size())) {
+    if (chosen.count(named.name) == 0) continue;
     DYNAMIC_SECTION(named.name) {
       const LayerCase lc = layer_case_from_file(test::to_case_file(ref::make_case(named.spec)), named.name);
       const DeviceRun run = run_device(*world, lc);
