@@ -42,13 +42,17 @@ mkdir -p "$build"
 : > "$log"
 echo "== building the CUDA build in $build ($gpus GPUs; only what the checks run)"
 targets=(moe-replay moe-bench replay_tool test_device_kernels_gpu test_nccl_comm)
-if ! { cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOE_WERROR=ON \
-         -DMOE_ENABLE_CUDA=ON && cmake --build "$build" --target "${targets[@]}"; } >> "$log" 2>&1; then
-  verdict FAIL "the CUDA build failed"
+if ! cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOE_WERROR=ON \
+       -DMOE_ENABLE_CUDA=ON >> "$log" 2>&1; then
+  verdict FAIL "configuring the CUDA build failed"
   exit 1
 fi
 if ! grep -q '^#define MOE_HAS_CUDA 1' "$build/generated/moe_config.hpp"; then
   verdict FAIL "the build did not enable CUDA (nvcc or NCCL not found by CMake)"
+  exit 1
+fi
+if ! cmake --build "$build" --target "${targets[@]}" >> "$log" 2>&1; then
+  verdict FAIL "the CUDA build failed"
   exit 1
 fi
 
