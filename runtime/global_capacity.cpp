@@ -17,7 +17,7 @@ void grow(std::vector<T>& v, std::size_t n) {
 }  // namespace
 
 void GlobalCapacity::decide(comm::Communicator& comm, const MoeConfig& config,
-                            const RouterOutput& routing, const DispatchPlan& plan,
+                            const Routing& routing, const DispatchPlan& plan,
                             const std::string& local_error) {
   const Index num_experts = config.num_experts, k = config.top_k;
   const int size = comm.size(), rank = comm.rank();
@@ -25,7 +25,7 @@ void GlobalCapacity::decide(comm::Communicator& comm, const MoeConfig& config,
   mine_.assign(static_cast<std::size_t>(width), 0);
   mine_[0] = local_error.empty() ? 0 : 1;
   mine_[1] = routing.num_tokens;
-  for (Index a = 0; a < routing.num_tokens * k; ++a) ++mine_[2 + routing.expert[a] * k + a % k];
+  for (Index a = 0; a < routing.num_tokens * k; ++a) ++mine_[2 + routing.experts[a] * k + a % k];
   all_.resize(static_cast<std::size_t>(width * size));
   comm.allgather(reinterpret_cast<const std::byte*>(mine_.data()), reinterpret_cast<std::byte*>(all_.data()),
                  static_cast<std::size_t>(width) * sizeof(Index));
@@ -67,7 +67,7 @@ void GlobalCapacity::position_caps(const MoeConfig& config, int rank, int size) 
 }
 
 void GlobalCapacity::score_caps(comm::Communicator& comm, const MoeConfig& config,
-                                const RouterOutput& routing, const DispatchPlan& plan) {
+                                const Routing& routing, const DispatchPlan& plan) {
   const Index num_experts = config.num_experts, k = config.top_k, width = num_experts * k + 2;
   const int size = comm.size(), rank = comm.rank();
   // Candidates source s sends for expert e: its best min(listed, C).
@@ -106,7 +106,7 @@ void GlobalCapacity::score_caps(comm::Communicator& comm, const MoeConfig& confi
   for (Index e = 0; e < num_experts; ++e) {
     for (Index n = 0; n < sent(rank, e); ++n) {
       const Index a = plan.order[plan.order_start[e] + n];
-      send_[static_cast<std::size_t>(i++)] = {routing.weight[a], static_cast<std::int32_t>(a % k), first_token_ + a / k};
+      send_[static_cast<std::size_t>(i++)] = {routing.weights[a], static_cast<std::int32_t>(a % k), first_token_ + a / k};
     }
   }
   bytes_sent_ = to_send * static_cast<Index>(sizeof(Candidate));

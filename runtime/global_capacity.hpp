@@ -22,8 +22,8 @@
 
 #include "comm/communicator.hpp"
 #include "runtime/config.hpp"
+#include "runtime/dispatch_io.hpp"
 #include "runtime/dispatch_plan.hpp"
-#include "runtime/router.hpp"
 
 namespace moe {
 
@@ -32,7 +32,7 @@ class GlobalCapacity {
   // Collective over `comm` (the layer's expert-parallel group). `plan` holds this rank's ranked
   // assignments (rank_assignments). If any rank passes a local error, every rank throws the same
   // moe::Error. Afterwards caps()[e] is how many of this rank's assignments of expert e are kept.
-  void decide(comm::Communicator& comm, const MoeConfig& config, const RouterOutput& routing,
+  void decide(comm::Communicator& comm, const MoeConfig& config, const Routing& routing,
               const DispatchPlan& plan, const std::string& local_error);
 
   std::span<const std::int64_t> caps() const { return caps_; }
@@ -48,7 +48,7 @@ class GlobalCapacity {
     std::int64_t token;  // global token index g
   };
   void position_caps(const MoeConfig& config, int rank, int size);
-  void score_caps(comm::Communicator& comm, const MoeConfig& config, const RouterOutput& routing,
+  void score_caps(comm::Communicator& comm, const MoeConfig& config, const Routing& routing,
                   const DispatchPlan& plan);
 
   std::vector<std::int64_t> mine_, all_;  // [E*k+2] per rank: status, T_r, counts (e, j)

@@ -81,10 +81,11 @@ struct ForwardStats {
 // phase, in the category of its pass, so a phase is timed once for both.
 class PhaseTimer {
  public:
-  // `pass` ("forward", "backward"): a literal, named in the trace.
-  PhaseTimer(std::array<double, kNumPhases>& seconds, const char* pass)
+  // `pass` ("forward", "backward"): a literal, named in the trace. `reset` = false adds to the
+  // times already there (a pass timed over several calls).
+  PhaseTimer(std::array<double, kNumPhases>& seconds, const char* pass, bool reset = true)
       : seconds_(seconds), pass_(pass), last_(Clock::now()) {
-    seconds_ = {};
+    if (reset) seconds_ = {};
   }
   // `chunk`: the pipeline chunk the lap belongs to, for the trace (-1: none).
   void lap(Phase phase, int chunk = -1) {

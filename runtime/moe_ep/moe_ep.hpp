@@ -15,6 +15,8 @@
 //   configuration      Config (runtime/config.hpp): SPEC.md's options with their defaults
 //   layer, context     Layer, ForwardContext (moe_ep/layer.hpp): forward, inference, backward,
 //                      routing, parameters by SPEC.md name with their owner, bias update
+//   dispatcher         Dispatcher, DispatchContext, Routing (moe_ep/dispatcher.hpp): the exchange
+//                      level alone, for a trainer that routes and runs its own experts
 //   communicators      Communicator, mpi_communicator, MpiEnvironment (moe_ep/communicator.hpp)
 //   parallel groups    ParallelGroups, GradReduction (runtime/parallel_groups.hpp)
 //   checkpoints        save_checkpoint, open_checkpoint, load_checkpoint (runtime/checkpoint.hpp)
@@ -24,6 +26,7 @@
 
 #include "moe_config.hpp"
 #include "moe_ep/communicator.hpp"
+#include "moe_ep/dispatcher.hpp"
 #include "moe_ep/layer.hpp"
 #include "runtime/checkpoint.hpp"
 #include "runtime/error.hpp"

@@ -14,10 +14,12 @@
 
 #include <cstdint>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "comm/mpi_communicator.hpp"
 #include "experts/gemm.hpp"
+#include "runtime/dispatcher.hpp"
 #include "runtime/initialization.hpp"
 #include "runtime/moe_layer.hpp"
 #include "runtime/trace.hpp"
@@ -104,6 +106,65 @@ TEST_CASE("steady-state forward and backward allocate nothing", "[layer][allocat
         WARN("oneDNN buffer check skipped: on this CPU oneDNN runs the GEMMs as gemm:jit, which "
              "allocates its packing buffers on every call (" << all[2] << " in 3 steps)");
       }
+    }
+  }
+}
+
+TEST_CASE("steady-state Dispatcher passes allocate nothing", "[dispatcher][allocation]") {
+  auto world = comm::MpiCommunicator::world();
+  for (const auto& [name, chunks, exchange] : {std::tuple{"plain", 1, ExchangeKind::variable},
+                                               std::tuple{"chunks=3", 3, ExchangeKind::variable},
+                                               std::tuple{"padded,chunks=2", 2, ExchangeKind::padded},
+                                               std::tuple{"hierarchical", 1, ExchangeKind::hierarchical}}) {
+    DYNAMIC_SECTION(name) {
+      MoeConfig config;
+      config.num_experts = 3 * world->size();
+      config.d_model = 32;
+      config.d_hidden = 1;  // the experts are the caller's
+      config.capacity_factor = 1.0;
+      config.overlap_chunks = chunks;
+      config.exchange = exchange;
+      config.ranks_per_node = 1;
+      Dispatcher dispatcher(config, *world);
+      const std::int64_t tokens = 100 + 17 * world->rank(), k = config.top_k;
+      std::vector<std::int32_t> experts(static_cast<std::size_t>(tokens * k));
+      std::vector<float> weights(experts.size(), 0.5f);
+      for (std::size_t a = 0; a < experts.size(); ++a) {
+        experts[a] = static_cast<std::int32_t>((a * 7 + a / 2) % static_cast<std::size_t>(config.num_experts));
+      }
+      std::vector<float> x(static_cast<std::size_t>(tokens * config.d_model), 0.25f), y(x.size()), dx(x.size());
+      std::vector<float> d_weight(experts.size()), out, grad_in;
+      out.reserve(x.size() * static_cast<std::size_t>(k));
+      grad_in.reserve(out.capacity());
+      DispatchContext ctx;
+      const auto twice = [](const ExpertBatch& b) {
+        for (std::size_t i = 0; i < b.output.size(); ++i) {
+          b.output[i] = 2.0f * (b.grad_output.empty() ? b.input[i] : b.grad_output[i]);
+        }
+      };
+      auto step = [&] {
+        dispatcher.plan(ctx, {tokens, experts, weights});
+        PhaseTimer timer(ctx.stats().phase_seconds, "forward");
+        dispatcher.forward(ctx, x, y, twice, timer);
+        dispatcher.prepare_backward(ctx, y);
+        PhaseTimer back(ctx.backward_phase_seconds(), "backward");
+        dispatcher.backward(ctx, y, dx, d_weight, twice, back);
+        // The split passes on the same plan.
+        const auto rows = dispatcher.dispatch(ctx, x);
+        out.assign(rows.begin(), rows.end());
+        dispatcher.combine(ctx, out, y);
+        const auto grads = dispatcher.dispatch_backward(ctx, y);
+        grad_in.assign(grads.begin(), grads.end());
+        dispatcher.combine_backward(ctx, grad_in, dx, d_weight);
+      };
+      step();  // warm-up
+      step();
+      const test::AllocationCounts counts = test::allocations_during([&] {
+        for (int i = 0; i < 3; ++i) step();
+      });
+      std::int64_t moe_allocations = counts.moe;
+      world->allreduce(std::span<std::int64_t>(&moe_allocations, 1), comm::ReduceOp::sum);
+      CHECK(moe_allocations == 0);
     }
   }
 }

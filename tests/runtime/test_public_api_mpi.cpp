@@ -13,6 +13,8 @@
 // plan, the exchange thread, the layer's definition or oneDNN, these would be complete.
 namespace moe {
 struct DispatchPlan;
+class Dispatcher;
+class DispatchContext;
 class ExchangeWorker;
 class MoeLayer;
 class ForwardContext;
@@ -27,6 +29,8 @@ template <class T>
 concept complete = requires { sizeof(T); };
 
 static_assert(!complete<moe::DispatchPlan>, "<moe_ep/moe_ep.hpp> pulls in the dispatch plan");
+static_assert(!complete<moe::Dispatcher>, "<moe_ep/moe_ep.hpp> pulls in the Dispatcher's definition");
+static_assert(!complete<moe::DispatchContext>, "<moe_ep/moe_ep.hpp> pulls in the dispatch context's definition");
 static_assert(!complete<moe::ExchangeWorker>, "<moe_ep/moe_ep.hpp> pulls in the exchange thread");
 static_assert(!complete<moe::MoeLayer>, "<moe_ep/moe_ep.hpp> pulls in MoeLayer's definition");
 static_assert(!complete<moe::ForwardContext>, "<moe_ep/moe_ep.hpp> pulls in the context's definition");
