@@ -248,7 +248,11 @@ std::string DeviceLayer<Backend>::plan_dispatch(std::int64_t num_tokens, std::st
   }
   std::span<const std::int64_t> caps;
   if (config_.capacity_scope == CapacityScope::global && !config_.dropless()) {
-    global_capacity_.decide(control_, config_, routing_, plan_, local_error);
+    const auto assignments = static_cast<std::size_t>(num_tokens * config_.top_k);
+    const Routing routing{.num_tokens = num_tokens,
+                          .experts = std::span<const std::int32_t>(routing_.expert).first(assignments),
+                          .weights = std::span<const float>(routing_.weight).first(assignments)};
+    global_capacity_.decide(control_, config_, routing, plan_, local_error);
     caps = global_capacity_.caps();
   }
   if (local_error.empty()) {
