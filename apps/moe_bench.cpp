@@ -8,7 +8,8 @@
 //   - a plain MPI_Alltoallv moving the same per-peer bytes as the layer's two exchanges.
 // The layer's distance from them is reported as ratios. With --compare-compute the whole
 // measurement runs a second time with the other compute precision (fp32 <-> bf16), in the same
-// process, and both are printed side by side.
+// process, and both are printed side by side. --device cuda (or host-launcher) times the device
+// layer instead (apps/device_bench.hpp), without the floors.
 #include <algorithm>
 #include <boost/program_options.hpp>
 #include <chrono>
@@ -19,6 +20,7 @@
 #include <numeric>
 #include <optional>
 
+#include "apps/device_bench.hpp"
 #include "apps/execution_options.hpp"
 #include "apps/forced_routing.hpp"
 #include "apps/layer_options.hpp"
@@ -52,6 +54,7 @@ struct Options {
   bool compare_compute = false;
   std::string routing = "learned";
   apps::RoutingSpec routing_spec;
+  apps::DeviceOption device;
 };
 
 std::optional<Options> parse_options(int argc, char** argv, int rank) {
@@ -76,6 +79,7 @@ std::optional<Options> parse_options(int argc, char** argv, int rank) {
   apps::add_execution_options(desc, o.execution);
   apps::add_link_options(desc, o.link);
   apps::add_trace_options(desc, o.trace);
+  apps::add_device_option(desc, o.device);
   po::variables_map vm;
   po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
   if (vm.count("help")) {
@@ -90,6 +94,12 @@ std::optional<Options> parse_options(int argc, char** argv, int rank) {
   if (o.tokens < 0) throw apps::UsageError("--tokens must be >= 0");
   if (o.iters < 1) throw apps::UsageError("--iters must be >= 1");
   if (o.warmup < 0) throw apps::UsageError("--warmup must be >= 0");
+  apps::finish_device_option(o.device);
+  if (o.device.kind != apps::DeviceKind::host &&
+      (o.compare_compute || o.link.enabled() || !o.trace.path.empty() || o.routing != "learned")) {
+    throw apps::UsageError("--device " + o.device.text + " times the device layer alone: it takes none of "
+                           "--compare-compute, --link-*, --trace, --routing");
+  }
   o.routing_spec = apps::parse_routing(o.routing, o.layer.config.num_experts, o.layer.config.top_k,
                                        o.layer.config.d_model);
   return o;
@@ -502,8 +512,24 @@ void print_comparison(const nlohmann::json& a, const nlohmann::json& b) {
   std::printf("%-28s %12s %12.3f\n", "speed-up of fwd+bwd", "", b["speedup_over_first"].get<double>());
 }
 
+// --device cuda|host-launcher: the device layer's times only (apps/device_bench.hpp).
+int bench_device(comm::MpiCommunicator& world, const Options& o) {
+  const nlohmann::json j = apps::measure_device(
+      world, o.layer.config,
+      {.device = o.device, .tokens = o.tokens, .iters = o.iters, .warmup = o.warmup, .seed = o.seed,
+       .forward_only = o.forward_only});
+  if (world.rank() != 0) return 0;
+  if (o.json) {
+    std::cout << j.dump() << std::endl;
+  } else {
+    apps::print_device_table(j);
+  }
+  return 0;
+}
+
 int bench(comm::MpiCommunicator& world, const Options& o) {
   apps::apply_watchdog(o.execution, world);
+  if (o.device.kind != apps::DeviceKind::host) return bench_device(world, o);
   apps::start_trace(o.trace, world);  // with --compare-compute, both measurements in one timeline
   nlohmann::json j = measure(world, o, o.layer.config);
   nlohmann::json other;

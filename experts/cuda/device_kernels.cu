@@ -11,5 +11,6 @@ template cudaError_t launch_device(std::int64_t, const ActivationBackwardOp&, cu
 template cudaError_t launch_device(std::int64_t, const SwigluForwardOp&, cudaStream_t);
 template cudaError_t launch_device(std::int64_t, const SwigluBackwardOp&, cudaStream_t);
 template cudaError_t launch_device(std::int64_t, const ColumnSumOp&, cudaStream_t);
+template cudaError_t launch_device(std::int64_t, const AddRowBiasOp&, cudaStream_t);
 
 }  // namespace moe::device

@@ -73,4 +73,13 @@ struct ColumnSumOp {
   }
 };
 
+// y[i] += bias[i % cols]: the second layer's bias on a row-major [rows, cols] block.
+struct AddRowBiasOp {
+  std::int64_t cols;
+  const float* bias;  // [cols]
+  float* y;           // [rows, cols]
+
+  MOE_HOST_DEVICE void operator()(std::int64_t i) const { y[i] += bias[i % cols]; }
+};
+
 }  // namespace moe::device

@@ -21,5 +21,6 @@ template cudaError_t launch_device(std::int64_t, const CombineWeightGradOp&, cud
 template cudaError_t launch_device(std::int64_t, const GatherRowsBackwardOp&, cudaStream_t);
 template cudaError_t launch_device(std::int64_t, const ToExpertOrderOp&, cudaStream_t);
 template cudaError_t launch_device(std::int64_t, const FromExpertOrderOp&, cudaStream_t);
+template cudaError_t launch_device(std::int64_t, const AddRowsOp&, cudaStream_t);
 
 }  // namespace moe::device

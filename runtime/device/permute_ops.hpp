@@ -135,4 +135,13 @@ struct FromExpertOrderOp {
   }
 };
 
+// dst[i] += src[i]: a second term joins rows already written (the shared expert's output, or its
+// input gradient).
+struct AddRowsOp {
+  const float* src;
+  float* dst;
+
+  MOE_HOST_DEVICE void operator()(std::int64_t i) const { dst[i] += src[i]; }
+};
+
 }  // namespace moe::device

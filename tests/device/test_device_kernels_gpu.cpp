@@ -152,6 +152,14 @@ void check_activation() {
     check(relative_difference(d_act.download(), host_act) <= 1e-5,
           std::string("activation ") + std::string(experts::to_string(a)) + " on the GPU");
   }
+  // The device layer's additions: the second layer's bias, and one block of rows added to another.
+  std::vector<float> host_sum = pre;
+  device::launch_host(size, device::AddRowBiasOp{cols, bias.data(), host_sum.data()});
+  device::launch_host(size, device::AddRowsOp{pre.data(), host_sum.data()});
+  DeviceArray<float> d_pre(pre), d_bias(bias), d_sum(pre);
+  cuda(device::launch_device(size, device::AddRowBiasOp{cols, d_bias.data, d_sum.data}, nullptr), "AddRowBiasOp");
+  cuda(device::launch_device(size, device::AddRowsOp{d_pre.data, d_sum.data}, nullptr), "AddRowsOp");
+  check(d_sum.download() == host_sum, "row bias and row sums on the GPU");
 }
 
 }  // namespace

@@ -5,10 +5,10 @@
 #      bodies through the host launcher (test_device_kernels_gpu);
 #   2. NcclCommunicator (grouped send/recv, reductions, its watchdog) on 1 GPU and on all GPUs
 #      (test_nccl_comm, one rank per GPU);
-#   3. the replay suite (every standard case against the float64 reference) on 1 rank and on one
-#      rank per GPU, and moe-bench. NOTE: the layer (MoeLayer, moe-replay, moe-bench) does not
-#      run on the device path yet: these two still run the host path, as the baseline the device
-#      layer must match. The verdict says so.
+#   3. the replay suite through the device layer (moe-replay --device cuda: CUDA kernels, cuBLAS,
+#      NCCL; every standard case against the float64 reference) on 1 GPU, with a second run that
+#      must give a bitwise identical result file, and on one rank per GPU with 3 overlap chunks;
+#   4. moe-bench --device cuda on every GPU.
 # Ends with one line: "moe-ep GPU checks: PASS|FAIL|SKIP ...". Exit 0 pass, 1 fail, 77 skip (no
 # GPU, or no CUDA toolkit). Budget: under 10 minutes on a machine with a few GPUs.
 #   tests/gpu/run_gpu_checks.sh [build-dir]    (default: build-gpu, next to this checkout)
@@ -40,14 +40,19 @@ fi
 
 mkdir -p "$build"
 : > "$log"
-echo "== building the CUDA build in $build ($gpus GPUs)"
-if ! { cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOE_WERROR=ON \
-         -DMOE_ENABLE_CUDA=ON && cmake --build "$build"; } >> "$log" 2>&1; then
-  verdict FAIL "the CUDA build failed"
+echo "== building the CUDA build in $build ($gpus GPUs; only what the checks run)"
+targets=(moe-replay moe-bench replay_tool test_device_kernels_gpu test_nccl_comm)
+if ! cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOE_WERROR=ON \
+       -DMOE_ENABLE_CUDA=ON >> "$log" 2>&1; then
+  verdict FAIL "configuring the CUDA build failed"
   exit 1
 fi
 if ! grep -q '^#define MOE_HAS_CUDA 1' "$build/generated/moe_config.hpp"; then
   verdict FAIL "the build did not enable CUDA (nvcc or NCCL not found by CMake)"
+  exit 1
+fi
+if ! cmake --build "$build" --target "${targets[@]}" >> "$log" 2>&1; then
+  verdict FAIL "the CUDA build failed"
   exit 1
 fi
 
@@ -71,19 +76,31 @@ run "NCCL communicator, $gpus GPUs" mpirun -np "$gpus" "$build/tests/comm/test_n
 if grep -q "moe-ep: skipped:" "$log"; then
   failures+=("a GPU test skipped although nvidia-smi lists $gpus GPUs")
 fi
-run "replay suite vs the float64 reference, 1 rank (host path)" \
-  ctest --test-dir "$build" -R '^replay_(make_cases|matches_reference)_np1$' --output-on-failure
-for np in 1 2 4; do
-  if [ "$np" -le "$gpus" ] && [ "$np" -gt 1 ]; then
-    run "replay suite vs the float64 reference, $np ranks (host path)" \
-      ctest --test-dir "$build" -R "^replay_(make_cases|matches_reference)_np${np}\$" --output-on-failure
-  fi
+# The replay suite through the device layer: cases made for the rank count, each run by
+# moe-replay --device cuda and checked against the float64 reference (tests/apps/replay_suite.cmake;
+# ONCE=ON: one run per case, a second run compared bitwise only where asked).
+suite() {  # ranks, extra moe-replay arguments (a CMake list), ONCE, case regex ("": all), tag
+  suite_command=(cmake -DMPIRUN=mpirun -DNP="$1" "-DEXTRA=$2" -DONCE="$3" "-DCASES=$4" -DTAG="$5" \
+    -DREPLAY="$build/apps/moe-replay" -DTOOL="$build/tests/apps/replay_tool" \
+    -DDIR="$build/gpu_cases_np$1" -P "$root/tests/apps/replay_suite.cmake")
+}
+for np in 1 "$gpus"; do
+  "$build/tests/apps/replay_tool" make-cases "$build/gpu_cases_np$np" "$np" >> "$log" 2>&1
 done
-run "moe-bench, $gpus ranks (host path)" \
-  mpirun -np "$gpus" -x OMP_NUM_THREADS=1 "$build/apps/moe-bench" --tokens 512 --iters 5 --warmup 1
+suite 1 "--device;cuda" ON "" _gpu
+run "replay suite on the device layer vs the float64 reference, 1 GPU" "${suite_command[@]}"
+suite 1 "--device;cuda" OFF "default|losses|score_policy|act_swiglu|deepseek_v3" _gpu_twice
+run "replay on the device layer twice gives bitwise identical results, 1 GPU" "${suite_command[@]}"
+if [ "$gpus" -gt 1 ]; then
+  suite "$gpus" "--device;cuda;--overlap-chunks;3" ON "" _gpu
+  run "replay suite on the device layer vs the float64 reference, $gpus GPUs, 3 chunks" "${suite_command[@]}"
+fi
+run "moe-bench --device cuda, $gpus GPUs" \
+  mpirun -np "$gpus" "$build/apps/moe-bench" --device cuda --tokens 4096 --iters 10 --warmup 2 \
+  --overlap-chunks 2
 
 if [ ${#failures[@]} -ne 0 ]; then
   verdict FAIL "failed: $(IFS=';'; echo "${failures[*]}")"
   exit 1
 fi
-verdict PASS "device kernels and NCCL on 1 and $gpus GPUs; replay suite and moe-bench ran the host path: the layer's device path is not wired yet"
+verdict PASS "device kernels and NCCL on 1 and $gpus GPUs; the replay suite through the device layer on 1 and $gpus GPUs matches the reference; moe-bench ran on the device layer"

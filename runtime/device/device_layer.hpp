@@ -1,0 +1,132 @@
+// The MoE layer on the device path (SPEC.md sections 3-8, the same results as MoeLayer): router,
+// capacity and drops, permute, the exchange of rows, the experts' FFN, the way back and the
+// combine; the backward in reverse; the selection-bias update. Written once over a LayerBackend
+// (runtime/device/layer_backend.hpp): DeviceLayer<CudaBackend> runs on a GPU with NCCL,
+// DeviceLayer<HostBackend> runs the same composition with the host launcher, oneDNN and MPI, and
+// is what the host suite tests (tests/device/test_device_layer_mpi.cpp, moe-replay --device
+// host-launcher).
+//
+// Where the work happens: tensors, parameters, gradients and the workspace live in the backend's
+// memory space and grow to the largest batch, then are reused (no allocation on the hot path);
+// the router's choices come to the host, which builds the dispatch plan (runtime/dispatch_plan.hpp)
+// and exchanges the counts over the host `control` communicator (the MPI communicator NCCL was
+// bootstrapped from); the plan's row maps go back to the space and the rows move over the
+// backend's communicator, chunk by chunk: the packing of chunk c+1's exchange and the experts of
+// chunk c are ordered only by events, so on a GPU they overlap.
+//
+// Not supported (refused at construction, on every rank): exchange padded or hierarchical, bf16
+// wire or compute, overlap_chunks auto, check_finite. A forward's context is kept inside the
+// layer: backward walks back the last forward.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "comm/communicator.hpp"
+#include "runtime/config.hpp"
+#include "runtime/device/expert_ffn.hpp"
+#include "runtime/device/layer_backend.hpp"
+#include "runtime/device/layer_parameters.hpp"
+#include "runtime/dispatch_plan.hpp"
+#include "runtime/global_capacity.hpp"
+#include "runtime/moe_layer.hpp"
+#include "runtime/router.hpp"
+
+namespace moe::device {
+
+// The options DeviceLayer does not run, as a message ("" when it runs `config`).
+std::string device_layer_problem(const MoeConfig& config);
+
+template <LayerBackend Backend>
+class DeviceLayer {
+ public:
+  template <class T>
+  using Buffer = typename Backend::template Buffer<T>;
+
+  // Collective over `control`: the configuration is validated (and checked against
+  // device_layer_problem) on every rank; a failure is the same moe::Error everywhere. `control`
+  // has the ranks of the backend's communicator in the same order; both must outlive the layer.
+  DeviceLayer(const MoeConfig& config, comm::Communicator& control, Backend& backend);
+
+  const MoeConfig& config() const { return config_; }
+  std::int64_t local_experts() const { return experts_.num_experts; }
+
+  // Copies the parameters to the space (shapes as zero_parameters gives).
+  void load(const LayerParameters& host);
+  // The gradients accumulated by backward, copied to the host: the router's (this rank's
+  // contribution, in gate_weight), this rank's experts' (full), the shared expert's (this rank's
+  // contribution); selection_bias stays zero (no gradient flows into it).
+  LayerParameters gradients();
+  // The current selection bias, copied to the host.
+  std::vector<float> selection_bias();
+  void zero_grad();
+
+  // Collective. x and y are [num_tokens, d] in the backend's memory space.
+  const ForwardResult& forward(const float* x, std::int64_t num_tokens, float* y);
+  // Collective. The backward of the last forward (same x): writes dx, ADDS the gradients.
+  void backward(const float* x, const float* dy, float* dx, double grad_aux = 1.0, double grad_z = 1.0);
+  // Wall time of each phase of the last backward (the phases walked in reverse).
+  const std::array<double, kNumPhases>& backward_phase_seconds() const { return backward_seconds_; }
+  // The selection-bias update of SPEC.md section 3 from the last forward's group-wide counts.
+  void update_selection_bias();
+
+ private:
+  void route(const float* x, std::int64_t num_tokens);
+  // Capacity, drops and the count exchange (errors agreed on `control_`); returns a failure met
+  // after the agreement ("" for none).
+  std::string plan_dispatch(std::int64_t num_tokens, std::string local_error);
+  void upload_plan();
+  void reserve_rows();
+  // Out, work on each chunk as it arrives, back: the chunked exchange of the pass.
+  template <class Work, class InFlight>
+  void run_pipeline(std::byte* send, std::byte* back, Work&& work, InFlight&& in_flight);
+  void expert_forward(int c);
+  void expert_backward(int c);
+  void reduce_statistics();
+  void set_losses(double lse_sq_total);
+  std::span<const std::int64_t> chunk_offsets(int c) const { return plan_.chunk_expert_offsets(c); }
+  std::size_t row_bytes() const { return static_cast<std::size_t>(config_.d_model) * sizeof(float); }
+
+  MoeConfig config_;
+  comm::Communicator& control_;
+  Backend& backend_;
+  int rank_ = 0, size_ = 1;
+  GemmGroups groups_;
+  GlobalCapacity global_capacity_;
+
+  // Parameters and gradients in the space.
+  Buffer<float> gate_, bias_, gate_grad_;
+  FfnParams<Backend> experts_, expert_grads_, shared_, shared_grads_;
+
+  // The last forward: the router's output in the space and its host mirror, the plan.
+  Buffer<float> logits_, scores_, selection_, group_score_, logsumexp_, score_sum_, weight_;
+  Buffer<std::int32_t> expert_;
+  Buffer<double> prob_sum_, lse_sq_;
+  Buffer<std::int64_t> counts_, group_counts_;
+  RouterOutput routing_;  // expert, weight, counts, prob_sum, logsumexp_sq_sum (host)
+  DispatchPlan plan_;
+  ForwardResult result_;
+  // The plan's row maps in the space: send_token [S], send_row [T*k], expert_row [R] (chunk-relative).
+  Buffer<std::int64_t> send_token_, send_row_, expert_row_;
+  std::vector<std::int64_t> expert_row_host_;
+  // Rows: send order, receive order, expert order (the experts' input and output) and the
+  // expert outputs back home; the FFN's saved activations over every received row.
+  Buffer<float> send_, recv_, expert_in_, expert_out_, returned_;
+  FfnRows<Backend> saved_, shared_saved_, scratch_;
+  Buffer<float> shared_out_;
+
+  // Backward's workspace.
+  Buffer<float> d_weight_, d_logits_, expert_grad_;
+  std::array<double, kNumPhases> backward_seconds_{};
+
+  // Host workspace of the control path.
+  std::vector<std::int64_t> count_send_, count_recv_, recv_counts_;
+  std::vector<double> stat_local_, stat_all_, group_prob_sum_;
+  bool forwarded_ = false;  // a forward has filled the context backward walks back
+  std::array<std::int64_t, 2> shared_offsets_{};
+};
+
+}  // namespace moe::device

@@ -1,0 +1,508 @@
+// The definitions of DeviceLayer (runtime/device/device_layer.hpp), included only by the files
+// that instantiate it for a backend (host_device_layer.cpp, cuda_device_layer.cpp).
+#pragma once
+
+#include <algorithm>
+#include <new>
+#include <stdexcept>
+
+#include "runtime/device/device_layer.hpp"
+#include "runtime/device/expert_row_map.hpp"
+#include "runtime/device/permute_ops.hpp"
+#include "runtime/device/router_ops.hpp"
+#include "runtime/error.hpp"
+
+namespace moe::device {
+namespace layer_detail {
+
+// Runs `body`; returns what it threw, as text ("" when it succeeded).
+template <class Body>
+std::string failure_of(Body&& body) {
+  try {
+    body();
+    return {};
+  } catch (const std::bad_alloc&) {
+    return "out of memory growing the device layer's buffers";
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+}
+
+template <class Buffer>
+std::byte* bytes(const Buffer& b) {
+  return reinterpret_cast<std::byte*>(b.data());
+}
+
+template <class T>
+void grow(std::vector<T>& v, std::int64_t n) {
+  if (static_cast<std::int64_t>(v.size()) < n) v.resize(static_cast<std::size_t>(n));
+}
+
+template <class Backend>
+void shape(FfnParams<Backend>& p, std::int64_t num_experts, std::int64_t d, std::int64_t h,
+           experts::Activation activation) {
+  p.num_experts = num_experts;
+  p.d = d;
+  p.h = h;
+  p.activation = activation;
+  p.reserve();
+}
+
+template <class Backend>
+void upload(Backend& backend, const experts::ExpertShard& host, FfnParams<Backend>& p) {
+  const std::int64_t d = p.d, h = p.h;
+  for (std::int64_t e = 0; e < p.num_experts; ++e) {
+    backend.upload(host.w1(e), p.w1.data() + e * h * d);
+    backend.upload(host.w2(e), p.w2.data() + e * d * h);
+    if (p.gated()) {
+      backend.upload(host.w3(e), p.w3.data() + e * h * d);
+    } else {
+      backend.upload(host.b1(e), p.b1.data() + e * h);
+      backend.upload(host.b2(e), p.b2.data() + e * d);
+    }
+  }
+}
+
+template <class Backend>
+void download(Backend& backend, const FfnParams<Backend>& p, experts::ExpertShard& host) {
+  const std::int64_t d = p.d, h = p.h;
+  for (std::int64_t e = 0; e < p.num_experts; ++e) {
+    backend.download(static_cast<const float*>(p.w1.data() + e * h * d), host.w1(e));
+    backend.download(static_cast<const float*>(p.w2.data() + e * d * h), host.w2(e));
+    if (p.gated()) {
+      backend.download(static_cast<const float*>(p.w3.data() + e * h * d), host.w3(e));
+    } else {
+      backend.download(static_cast<const float*>(p.b1.data() + e * h), host.b1(e));
+      backend.download(static_cast<const float*>(p.b2.data() + e * d), host.b2(e));
+    }
+  }
+}
+
+template <class Backend>
+void zero(Backend& backend, FfnParams<Backend>& p) {
+  const std::int64_t n = p.num_experts, d = p.d, h = p.h;
+  backend.zero(p.w1.data(), n * h * d);
+  backend.zero(p.w2.data(), n * d * h);
+  if (p.gated()) {
+    backend.zero(p.w3.data(), n * h * d);
+  } else {
+    backend.zero(p.b1.data(), n * h);
+    backend.zero(p.b2.data(), n * d);
+  }
+}
+
+}  // namespace layer_detail
+
+template <LayerBackend Backend>
+DeviceLayer<Backend>::DeviceLayer(const MoeConfig& config, comm::Communicator& control, Backend& backend)
+    : config_(config), control_(control), backend_(backend), rank_(control.rank()), size_(control.size()) {
+  collectively(control_, [&] {
+    config_.validate();
+    if (auto problem = device_layer_problem(config_); !problem.empty()) throw Error("the device layer " + problem);
+  });
+  const std::int64_t num_experts = config_.num_experts, d = config_.d_model;
+  gate_.reserve(num_experts * d);
+  gate_grad_.reserve(num_experts * d);
+  bias_.reserve(num_experts);
+  counts_.reserve(num_experts);
+  group_counts_.reserve(num_experts);
+  prob_sum_.reserve(num_experts);
+  lse_sq_.reserve(1);
+  const std::int64_t local = num_experts_of(rank_, num_experts, size_);
+  const std::int64_t shared = config_.has_shared_expert() ? 1 : 0;
+  for (auto* p : {&experts_, &expert_grads_}) layer_detail::shape(*p, local, d, config_.d_hidden, config_.activation);
+  for (auto* p : {&shared_, &shared_grads_}) layer_detail::shape(*p, shared, d, config_.d_shared_hidden, config_.activation);
+  backend_.reserve_chunks(static_cast<int>(config_.overlap_chunks));
+  load(zero_parameters(config_, rank_, size_));
+  zero_grad();
+}
+
+template <LayerBackend Backend>
+void DeviceLayer<Backend>::load(const LayerParameters& host) {
+  backend_.upload(std::span<const float>(host.gate_weight), gate_.data());
+  backend_.upload(std::span<const float>(host.selection_bias), bias_.data());
+  layer_detail::upload(backend_, host.experts, experts_);
+  layer_detail::upload(backend_, host.shared_expert, shared_);
+}
+
+template <LayerBackend Backend>
+LayerParameters DeviceLayer<Backend>::gradients() {
+  LayerParameters grads = zero_parameters(config_, rank_, size_);
+  backend_.download(static_cast<const float*>(gate_grad_.data()), std::span<float>(grads.gate_weight));
+  layer_detail::download(backend_, expert_grads_, grads.experts);
+  layer_detail::download(backend_, shared_grads_, grads.shared_expert);
+  return grads;
+}
+
+template <LayerBackend Backend>
+std::vector<float> DeviceLayer<Backend>::selection_bias() {
+  std::vector<float> bias(static_cast<std::size_t>(config_.num_experts));
+  backend_.download(static_cast<const float*>(bias_.data()), std::span<float>(bias));
+  return bias;
+}
+
+template <LayerBackend Backend>
+void DeviceLayer<Backend>::zero_grad() {
+  backend_.zero(gate_grad_.data(), config_.num_experts * config_.d_model);
+  layer_detail::zero(backend_, expert_grads_);
+  layer_detail::zero(backend_, shared_grads_);
+}
+
+template <LayerBackend Backend>
+const ForwardResult& DeviceLayer<Backend>::forward(const float* x, std::int64_t num_tokens, float* y) {
+  PhaseTimer clock(result_.stats.phase_seconds, "forward");
+  std::string local_error;
+  if (num_tokens < 0) {
+    local_error = "forward: " + std::to_string(num_tokens) + " tokens";
+    num_tokens = 0;
+  }
+  if (local_error.empty()) local_error = layer_detail::failure_of([&] { route(x, num_tokens); });
+  const std::string late_error = plan_dispatch(num_tokens, local_error);
+  clock.lap(Phase::route);
+
+  // The receive side's sizes are known only now: a rank that cannot grow its buffers says so
+  // before anyone enters the payload exchange.
+  agree_on_errors(control_, late_error.empty() ? layer_detail::failure_of([&] {
+    reserve_rows();
+    upload_plan();
+  }) : late_error);
+  const std::int64_t d = config_.d_model, k = config_.top_k, tokens = plan_.num_tokens;
+  backend_.launch(plan_.num_send_rows() * d, GatherRowsOp{.width = d, .send_token = send_token_.data(),
+                                                          .x = x, .send = send_.data()});
+  clock.lap(Phase::permute);
+
+  shared_offsets_ = {0, tokens};
+  const auto shared_forward = [&] {
+    if (config_.has_shared_expert()) {
+      ffn_forward(backend_, groups_, shared_, x, shared_offsets_, shared_out_.data(),
+                  shared_saved_.at(0, shared_.h));
+    }
+  };
+  run_pipeline(layer_detail::bytes(send_), layer_detail::bytes(returned_), [&](int c) { expert_forward(c); }, shared_forward);
+  clock.lap(Phase::experts);
+  backend_.launch(tokens * d, CombineRowsOp{.width = d, .top_k = k, .send_row = send_row_.data(),
+                                            .weight = weight_.data(), .back = returned_.data(), .y = y});
+  if (config_.has_shared_expert()) backend_.launch(tokens * d, AddRowsOp{.src = shared_out_.data(), .dst = y});
+  backend_.synchronize();
+  clock.lap(Phase::combine);
+  reduce_statistics();
+  forwarded_ = true;
+  return result_;
+}
+
+template <LayerBackend Backend>
+void DeviceLayer<Backend>::route(const float* x, std::int64_t num_tokens) {
+  const std::int64_t num_experts = config_.num_experts, k = config_.top_k, d = config_.d_model;
+  for (auto* b : {&logits_, &scores_, &selection_}) b->reserve(num_tokens * num_experts);
+  group_score_.reserve(num_tokens * config_.n_group);
+  logsumexp_.reserve(num_tokens);
+  score_sum_.reserve(num_tokens);
+  weight_.reserve(num_tokens * k);
+  expert_.reserve(num_tokens * k);
+  if (num_tokens > 0) {
+    const experts::GemmGroup logits{.a = x, .lda = d, .b = gate_.data(), .ldb = d, .c = logits_.data(),
+                                    .ldc = num_experts, .m = num_tokens, .n = num_experts, .k = d};
+    backend_.gemm(experts::Op::none, experts::Op::transpose, 1.0f, 0.0f, std::span(&logits, 1));
+  }
+  const bool sigmoid = config_.gate == GateKind::sigmoid;
+  backend_.launch(num_tokens, RouteTokenOp{
+      .dims = router_dims(config_), .logits = logits_.data(), .bias = bias_.data(),
+      .scores = scores_.data(), .selection = selection_.data(), .group_score = group_score_.data(),
+      .logsumexp = logsumexp_.data(), .score_sum = score_sum_.data(), .expert = expert_.data(),
+      .weight = weight_.data()});
+  backend_.launch(num_experts, ProbSumOp{.num_tokens = num_tokens, .num_experts = num_experts,
+                                         .sigmoid = sigmoid, .scores = scores_.data(),
+                                         .score_sum = score_sum_.data(), .prob_sum = prob_sum_.data()});
+  backend_.launch(num_experts, CountOp{.num_assignments = num_tokens * k, .expert = expert_.data(),
+                                       .counts = counts_.data()});
+  backend_.launch(1, LogsumexpSquareSumOp{.num_tokens = num_tokens, .logsumexp = logsumexp_.data(),
+                                          .sum = lse_sq_.data()});
+  // The plan is built on the host from the choices.
+  RouterOutput& r = routing_;
+  r.num_tokens = num_tokens;
+  layer_detail::grow(r.expert, num_tokens * k);
+  layer_detail::grow(r.weight, num_tokens * k);
+  r.counts.resize(static_cast<std::size_t>(num_experts));
+  r.prob_sum.resize(static_cast<std::size_t>(num_experts));
+  const auto first = static_cast<std::size_t>(num_tokens * k);
+  backend_.download(static_cast<const std::int32_t*>(expert_.data()), std::span(r.expert).first(first));
+  backend_.download(static_cast<const float*>(weight_.data()), std::span(r.weight).first(first));
+  backend_.download(static_cast<const std::int64_t*>(counts_.data()), std::span(r.counts));
+  backend_.download(static_cast<const double*>(prob_sum_.data()), std::span(r.prob_sum));
+  backend_.download(static_cast<const double*>(lse_sq_.data()), std::span(&r.logsumexp_sq_sum, 1));
+}
+
+template <LayerBackend Backend>
+std::string DeviceLayer<Backend>::plan_dispatch(std::int64_t num_tokens, std::string local_error) {
+  const int chunks = static_cast<int>(config_.overlap_chunks);
+  const std::int64_t local = experts_.num_experts;
+  if (local_error.empty()) {
+    local_error = layer_detail::failure_of([&] {
+      rank_assignments(config_, routing_.expert, routing_.weight, num_tokens, plan_);
+    });
+  }
+  if (!local_error.empty()) {
+    num_tokens = routing_.num_tokens = 0;
+    routing_.counts.assign(static_cast<std::size_t>(config_.num_experts), 0);
+    rank_assignments(config_, routing_.expert, routing_.weight, 0, plan_);
+  }
+  std::span<const std::int64_t> caps;
+  if (config_.capacity_scope == CapacityScope::global && !config_.dropless()) {
+    const auto assignments = static_cast<std::size_t>(num_tokens * config_.top_k);
+    const Routing routing{.num_tokens = num_tokens,
+                          .experts = std::span<const std::int32_t>(routing_.expert).first(assignments),
+                          .weights = std::span<const float>(routing_.weight).first(assignments)};
+    global_capacity_.decide(control_, config_, routing, plan_, local_error);
+    caps = global_capacity_.caps();
+  }
+  if (local_error.empty()) {
+    local_error = layer_detail::failure_of([&] {
+      build_plan(config_, size_, rank_, routing_.expert, num_tokens, chunks, -1, caps, plan_);
+    });
+  }
+  if (!local_error.empty()) {
+    rank_assignments(config_, routing_.expert, routing_.weight, 0, plan_);
+    build_plan(config_, size_, rank_, routing_.expert, 0, chunks, -1, {}, plan_);
+  }
+  // The count exchange as MoeLayer's: a status word, then the rows for each of the destination's
+  // experts, in blocks with room for the most experts any rank owns.
+  const std::int64_t block = (config_.num_experts + size_ - 1) / size_ + 1;
+  count_send_.assign(static_cast<std::size_t>(size_ * block), 0);
+  count_recv_.resize(count_send_.size());
+  for (int p = 0; p < size_; ++p) {
+    count_send_[static_cast<std::size_t>(p * block)] = local_error.empty() ? 0 : 1;
+    std::copy_n(plan_.kept.begin() + first_expert_of(p, config_.num_experts, size_),
+                num_experts_of(p, config_.num_experts, size_), count_send_.begin() + p * block + 1);
+  }
+  control_.alltoall(reinterpret_cast<const std::byte*>(count_send_.data()),
+                    reinterpret_cast<std::byte*>(count_recv_.data()),
+                    static_cast<std::size_t>(block) * sizeof(std::int64_t));
+  bool any_error = false;
+  recv_counts_.resize(static_cast<std::size_t>(size_ * local));
+  for (int s = 0; s < size_; ++s) {
+    any_error = any_error || count_recv_[static_cast<std::size_t>(s * block)] != 0;
+    std::copy_n(count_recv_.begin() + s * block + 1, local, recv_counts_.begin() + s * local);
+  }
+  if (any_error) raise_agreed_error(control_, local_error);
+  return layer_detail::failure_of([&] { set_receive_counts(plan_, recv_counts_); });
+}
+
+template <LayerBackend Backend>
+void DeviceLayer<Backend>::reserve_rows() {
+  const std::int64_t d = config_.d_model, h = config_.d_hidden, hs = config_.d_shared_hidden;
+  const std::int64_t tokens = plan_.num_tokens, sent = plan_.num_send_rows(), received = plan_.num_recv_rows();
+  const bool gated = experts::is_gated(config_.activation);
+  for (auto* b : {&send_, &returned_}) b->reserve(sent * d);
+  for (auto* b : {&recv_, &expert_in_, &expert_out_, &expert_grad_}) b->reserve(received * d);
+  saved_.reserve(received, h, gated);
+  scratch_.reserve(received, h, gated);
+  send_token_.reserve(sent);
+  send_row_.reserve(tokens * config_.top_k);
+  expert_row_.reserve(received);
+  d_weight_.reserve(tokens * config_.top_k);
+  d_logits_.reserve(tokens * config_.num_experts);
+  if (config_.has_shared_expert()) {
+    shared_saved_.reserve(tokens, hs, gated);
+    scratch_.reserve(tokens, hs, gated);
+    shared_out_.reserve(tokens * d);
+  }
+}
+
+template <LayerBackend Backend>
+void DeviceLayer<Backend>::upload_plan() {
+  const std::int64_t received = plan_.num_recv_rows();
+  backend_.upload(std::span<const std::int64_t>(plan_.send_token).first(static_cast<std::size_t>(plan_.num_send_rows())),
+                  send_token_.data());
+  backend_.upload(std::span<const std::int64_t>(plan_.send_row).first(static_cast<std::size_t>(plan_.num_tokens * plan_.top_k)),
+                  send_row_.data());
+  layer_detail::grow(expert_row_host_, received);
+  for (int c = 0; c < plan_.num_chunks; ++c) {
+    expert_row_map(plan_, c, std::span(expert_row_host_).subspan(static_cast<std::size_t>(plan_.chunk_recv_begin(c)),
+                                                                 static_cast<std::size_t>(plan_.chunk_recv_rows(c))));
+  }
+  backend_.upload(std::span<const std::int64_t>(expert_row_host_).first(static_cast<std::size_t>(received)),
+                  expert_row_.data());
+}
+
+// Chunk c's exchange waits only for the packing (every chunk is packed before the first leaves),
+// its experts only for its arrival; while chunk c+1 travels, chunk c computes. Every rank makes
+// the same sequence of exchanges: out 0, out 1, back 0, out 2, back 1, ...
+template <LayerBackend Backend>
+template <class Work, class InFlight>
+void DeviceLayer<Backend>::run_pipeline(std::byte* send, std::byte* back, Work&& work, InFlight&& in_flight) {
+  const int chunks = plan_.num_chunks;
+  std::byte* recv = layer_detail::bytes(recv_);
+  for (int c = 0; c < chunks; ++c) backend_.packed(c);
+  in_flight();
+  backend_.dispatch(plan_, 0, send, recv, row_bytes());
+  for (int c = 0; c < chunks; ++c) {
+    backend_.await_arrival(c);
+    work(c);
+    backend_.packed(c);
+    if (c + 1 < chunks) backend_.dispatch(plan_, c + 1, send, recv, row_bytes());
+    backend_.combine(plan_, c, recv, back, row_bytes());
+  }
+}
+
+
+template <LayerBackend Backend>
+void DeviceLayer<Backend>::expert_forward(int c) {
+  const std::int64_t d = config_.d_model, first = plan_.chunk_recv_begin(c), count = plan_.chunk_recv_rows(c);
+  const std::int64_t* expert_row = expert_row_.data() + first;
+  backend_.launch(count * d, ToExpertOrderOp{.width = d, .expert_row = expert_row,
+                                             .received = recv_.data() + first * d, .expert = expert_in_.data()});
+  ffn_forward(backend_, groups_, experts_, expert_in_.data() + first * d, chunk_offsets(c),
+              expert_out_.data() + first * d, saved_.at(first, experts_.h));
+  backend_.launch(count * d, FromExpertOrderOp{.width = d, .expert_row = expert_row,
+                                               .expert = expert_out_.data(), .received = recv_.data() + first * d});
+}
+
+template <LayerBackend Backend>
+void DeviceLayer<Backend>::expert_backward(int c) {
+  const std::int64_t d = config_.d_model, first = plan_.chunk_recv_begin(c), count = plan_.chunk_recv_rows(c);
+  const std::int64_t* expert_row = expert_row_.data() + first;
+  backend_.launch(count * d, ToExpertOrderOp{.width = d, .expert_row = expert_row,
+                                             .received = recv_.data() + first * d, .expert = expert_grad_.data()});
+  ffn_backward(backend_, groups_, experts_, expert_in_.data() + first * d, chunk_offsets(c),
+               saved_.at(first, experts_.h), expert_grad_.data() + first * d,
+               expert_out_.data() + first * d, expert_grads_, scratch_.at(first, experts_.h));
+  backend_.launch(count * d, FromExpertOrderOp{.width = d, .expert_row = expert_row,
+                                               .expert = expert_out_.data(), .received = recv_.data() + first * d});
+}
+
+template <LayerBackend Backend>
+void DeviceLayer<Backend>::backward(const float* x, const float* dy, float* dx, double grad_aux, double grad_z) {
+  if (!forwarded_) throw std::logic_error("moe-ep: DeviceLayer::backward before any forward");
+  const std::int64_t d = config_.d_model, k = config_.top_k, tokens = plan_.num_tokens;
+  const std::int64_t num_experts = config_.num_experts;
+  PhaseTimer clock(backward_seconds_, "backward");
+  // Combine backward: the gradient of each kept row (send order) and of each weight.
+  backend_.launch(tokens * k * d, CombineRowsBackwardOp{.width = d, .top_k = k, .send_row = send_row_.data(),
+                                                        .weight = weight_.data(), .dy = dy, .d_out = send_.data()});
+  backend_.launch(tokens * k, CombineWeightGradOp{.width = d, .top_k = k, .send_row = send_row_.data(), .dy = dy,
+                                                  .back = returned_.data(), .d_weight = d_weight_.data()});
+  clock.lap(Phase::combine);
+  const auto shared_backward = [&] {
+    if (config_.has_shared_expert()) {
+      ffn_backward(backend_, groups_, shared_, x, shared_offsets_, shared_saved_.at(0, shared_.h), dy,
+                   shared_out_.data(), shared_grads_, scratch_.at(0, shared_.h));
+    }
+  };
+  // The gradients travel the dispatch route and come back into the send buffer: chunk c's return
+  // lands where chunk c's dispatch already left.
+  run_pipeline(layer_detail::bytes(send_), layer_detail::bytes(send_), [&](int c) { expert_backward(c); },
+               shared_backward);
+  clock.lap(Phase::experts);
+  backend_.launch(tokens * d, GatherRowsBackwardOp{.width = d, .top_k = k, .send_row = send_row_.data(),
+                                                   .d_send = send_.data(), .dx = dx});
+  if (config_.has_shared_expert()) backend_.launch(tokens * d, AddRowsOp{.src = shared_out_.data(), .dst = dx});
+  clock.lap(Phase::permute);
+
+  if (tokens > 0) {
+    const double total = static_cast<double>(result_.stats.total_tokens);
+    backend_.upload(std::span<const std::int64_t>(result_.stats.expert_counts), group_counts_.data());
+    backend_.launch(tokens, RouteBackwardTokenOp{
+        .dims = router_dims(config_),
+        .aux_scale = grad_aux * config_.aux_loss_coef * static_cast<double>(num_experts) /
+                     (total * total * static_cast<double>(k)),
+        .z_scale = grad_z * config_.z_loss_coef * 2.0 / total,
+        .expert_counts = group_counts_.data(), .scores = scores_.data(), .logits = logits_.data(),
+        .score_sum = score_sum_.data(), .logsumexp = logsumexp_.data(), .expert = expert_.data(),
+        .d_weight = d_weight_.data(), .d_logits = d_logits_.data()});
+    using experts::Op;
+    const experts::GemmGroup to_input{.a = d_logits_.data(), .lda = num_experts, .b = gate_.data(), .ldb = d,
+                                      .c = dx, .ldc = d, .m = tokens, .n = d, .k = num_experts};
+    backend_.gemm(Op::none, Op::none, 1.0f, 1.0f, std::span(&to_input, 1));
+    const experts::GemmGroup to_gate{.a = d_logits_.data(), .lda = num_experts, .b = x, .ldb = d,
+                                     .c = gate_grad_.data(), .ldc = d, .m = num_experts, .n = d, .k = tokens};
+    backend_.gemm(Op::transpose, Op::none, 1.0f, 1.0f, std::span(&to_gate, 1));
+  }
+  backend_.synchronize();
+  clock.lap(Phase::route);
+}
+
+template <LayerBackend Backend>
+void DeviceLayer<Backend>::update_selection_bias() {
+  if (config_.bias_update_rate == 0) return;
+  backend_.upload(std::span<const std::int64_t>(result_.stats.expert_counts), group_counts_.data());
+  backend_.launch(config_.num_experts, SelectionBiasUpdateOp{.num_experts = config_.num_experts,
+                                                             .rate = config_.bias_update_rate,
+                                                             .counts = group_counts_.data(),
+                                                             .bias = bias_.data()});
+  backend_.synchronize();
+}
+
+// One allgather of every rank's partial sums, added in rank order: the losses and counts are
+// bitwise identical on every rank and every run (SPEC.md sections 7, 9 and 10).
+template <LayerBackend Backend>
+void DeviceLayer<Backend>::reduce_statistics() {
+  const std::int64_t num_experts = config_.num_experts;
+  enum Scalar { lse_sq, tokens, dropped_assignments, dropped_tokens, remote_rows, num_scalars };
+  const std::int64_t width = 3 * num_experts + num_scalars;
+  stat_local_.resize(static_cast<std::size_t>(width));
+  stat_all_.resize(static_cast<std::size_t>(width * size_));
+  for (std::int64_t e = 0; e < num_experts; ++e) {
+    stat_local_[e] = static_cast<double>(routing_.counts[e]);
+    stat_local_[num_experts + e] = static_cast<double>(plan_.kept[e]);
+    stat_local_[2 * num_experts + e] = routing_.prob_sum[e];
+  }
+  double* scalars = stat_local_.data() + 3 * num_experts;
+  scalars[lse_sq] = routing_.logsumexp_sq_sum;
+  scalars[tokens] = static_cast<double>(plan_.num_tokens);
+  scalars[dropped_assignments] = static_cast<double>(plan_.dropped_assignments);
+  scalars[dropped_tokens] = static_cast<double>(plan_.dropped_tokens);
+  // Rows kept for this rank's own experts never cross the network; what leaves comes back.
+  scalars[remote_rows] = static_cast<double>(plan_.num_send_rows() - plan_.send_rows_to(rank_) +
+                                             plan_.num_recv_rows() - plan_.recv_rows_from(rank_));
+  control_.allgather(reinterpret_cast<const std::byte*>(stat_local_.data()),
+                     reinterpret_cast<std::byte*>(stat_all_.data()), static_cast<std::size_t>(width) * sizeof(double));
+
+  ForwardStats& stats = result_.stats;
+  stats.expert_counts.assign(static_cast<std::size_t>(num_experts), 0);
+  stats.expert_kept.assign(static_cast<std::size_t>(num_experts), 0);
+  stats.rows_to_peer.resize(static_cast<std::size_t>(size_));
+  stats.rows_from_peer.resize(static_cast<std::size_t>(size_));
+  stats.bytes_sent.resize(static_cast<std::size_t>(size_));
+  stats.bytes_received.resize(static_cast<std::size_t>(size_));
+  stats.total_tokens = stats.dropped_assignments = stats.dropped_tokens = 0;
+  std::vector<double>& prob_sum = group_prob_sum_;
+  prob_sum.assign(static_cast<std::size_t>(num_experts), 0.0);
+  double lse_sq_total = 0;
+  for (int r = 0; r < size_; ++r) {
+    stats.rows_to_peer[static_cast<std::size_t>(r)] = plan_.send_rows_to(r);
+    stats.rows_from_peer[static_cast<std::size_t>(r)] = plan_.recv_rows_from(r);
+    const double* row = stat_all_.data() + r * width;
+    for (std::int64_t e = 0; e < num_experts; ++e) {
+      stats.expert_counts[e] += static_cast<std::int64_t>(row[e]);
+      stats.expert_kept[e] += static_cast<std::int64_t>(row[num_experts + e]);
+      prob_sum[static_cast<std::size_t>(e)] += row[2 * num_experts + e];
+    }
+    const double* s = row + 3 * num_experts;
+    lse_sq_total += s[lse_sq];
+    stats.total_tokens += static_cast<std::int64_t>(s[tokens]);
+    stats.dropped_assignments += static_cast<std::int64_t>(s[dropped_assignments]);
+    stats.dropped_tokens += static_cast<std::int64_t>(s[dropped_tokens]);
+    stats.bytes_sent[static_cast<std::size_t>(r)] = stats.bytes_received[static_cast<std::size_t>(r)] =
+        static_cast<std::int64_t>(s[remote_rows]) * static_cast<std::int64_t>(row_bytes());
+  }
+  set_losses(lse_sq_total);
+  stats.set_load_spread();
+}
+
+// SPEC.md section 7, from the group's sums; both losses are 0 for an empty group.
+template <LayerBackend Backend>
+void DeviceLayer<Backend>::set_losses(double lse_sq_total) {
+  const ForwardStats& stats = result_.stats;
+  result_.aux_loss = result_.z_loss = 0;
+  if (stats.total_tokens == 0) return;
+  const double total = static_cast<double>(stats.total_tokens);
+  double balance = 0;
+  for (std::size_t e = 0; e < stats.expert_counts.size(); ++e) {
+    const double f = static_cast<double>(stats.expert_counts[e]) / (total * static_cast<double>(config_.top_k));
+    balance += f * (group_prob_sum_[e] / total);
+  }
+  result_.aux_loss = config_.aux_loss_coef * static_cast<double>(config_.num_experts) * balance;
+  result_.z_loss = config_.z_loss_coef * lse_sq_total / total;
+}
+
+}  // namespace moe::device

@@ -1,0 +1,213 @@
+// The device layer's composition (runtime/device/device_layer.hpp) on the host backend: the same
+// control logic, ops and chunked exchanges a GPU runs, here with the host launcher, oneDNN and MPI.
+// Forward, backward and the selection-bias update against the float64 reference on every
+// standard case, with one chunk and with three; against MoeLayer on a few; bitwise reproducible;
+// a reused layer equals a fresh one; refused options. Only CHECK after the first collective.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <memory>
+#include <set>
+#include <string>
+
+#include "comm/mpi_communicator.hpp"
+#include "runtime/device/device_layer.hpp"
+#include "runtime/device/host_backend.hpp"
+#include "runtime/error.hpp"
+#include "runtime/layer_case.hpp"
+#include "tests/support/case_bridge.hpp"
+#include "tests/support/layer_run.hpp"
+
+namespace {
+
+using namespace moe;
+using HostLayer = device::DeviceLayer<device::HostBackend>;
+
+std::span<const float> rank_rows(const LayerCase& lc, const char* tensor, int rank) {
+  const std::int64_t d = lc.config.d_model;
+  return lc.file.tensors.at(tensor).f32().subspan(
+      static_cast<std::size_t>(lc.first_row(rank) * d),
+      static_cast<std::size_t>(lc.tokens_per_rank[static_cast<std::size_t>(rank)] * d));
+}
+
+struct DeviceRun {
+  std::vector<float> y, dx;
+  ForwardResult result;
+  device::LayerParameters grads;  // gate_weight and shared_expert summed over the ranks
+  std::vector<float> bias;        // after one update
+};
+
+// Forward, backward and the bias update of `lc` through `layer` (parameters loaded here).
+DeviceRun run_on(HostLayer& layer, comm::Communicator& comm, const LayerCase& lc) {
+  const int r = comm.rank();
+  layer.load(device::case_parameters(lc, r, comm.size()));
+  layer.zero_grad();
+  const auto x = rank_rows(lc, "input", r);
+  const std::int64_t tokens = lc.tokens_per_rank[static_cast<std::size_t>(r)];
+  DeviceRun run;
+  run.y.assign(x.size(), std::nanf(""));
+  run.dx.assign(x.size(), std::nanf(""));
+  run.result = layer.forward(x.data(), tokens, run.y.data());
+  layer.backward(x.data(), rank_rows(lc, "grad_output", r).data(), run.dx.data());
+  layer.update_selection_bias();
+  run.grads = layer.gradients();
+  run.bias = layer.selection_bias();
+  comm.allreduce(std::span<float>(run.grads.gate_weight), comm::ReduceOp::sum);
+  for (auto name : experts::expert_param_names(lc.config.activation)) {
+    if (run.grads.shared_expert.num_experts() == 1) {
+      comm.allreduce(run.grads.shared_expert.param(0, name), comm::ReduceOp::sum);
+    }
+  }
+  return run;
+}
+
+DeviceRun run_device(comm::Communicator& comm, const LayerCase& lc, std::int64_t chunks = 1) {
+  MoeConfig config = lc.config;
+  config.overlap_chunks = chunks;
+  device::HostBackend backend(comm);
+  HostLayer layer(config, comm, backend);
+  return run_on(layer, comm, lc);
+}
+
+double group_error(comm::Communicator& comm, std::span<const float> actual, std::span<const double> expected) {
+  test::ErrorSums local;
+  local.add(actual, expected);
+  double sums[2] = {local.diff_sq, local.ref_sq};
+  comm.allreduce(std::span<double>(sums, 2), comm::ReduceOp::sum);
+  return test::ErrorSums{sums[0], sums[1]}.relative();
+}
+
+std::vector<double> rows_of(const std::vector<double>& all, const LayerCase& lc, int rank) {
+  const auto first = all.begin() + lc.first_row(rank) * lc.config.d_model;
+  return {first, first + lc.tokens_per_rank[static_cast<std::size_t>(rank)] * lc.config.d_model};
+}
+
+double relative(std::span<const float> actual, std::span<const double> expected) {
+  test::ErrorSums e;
+  e.add(actual, expected);
+  return e.relative();
+}
+
+void check_against_reference(comm::Communicator& comm, const LayerCase& lc, const DeviceRun& run,
+                             const ref::LayerResult& expected) {
+  const int r = comm.rank();
+  CHECK(group_error(comm, run.y, rows_of(expected.output, lc, r)) <= 1e-5);
+  CHECK(group_error(comm, run.dx, rows_of(expected.grads->input, lc, r)) <= 1e-5);
+  test::ErrorSums aux, z;
+  aux.add(run.result.aux_loss, expected.aux_loss);
+  z.add(run.result.z_loss, expected.z_loss);
+  CHECK(aux.relative() <= 1e-5);
+  CHECK(z.relative() <= 1e-5);
+  const ForwardStats& stats = run.result.stats;
+  CHECK(stats.expert_counts == expected.expert_counts);
+  CHECK(stats.expert_kept == expected.expert_kept);
+  CHECK(stats.dropped_assignments == expected.dropped_assignments);
+  CHECK(stats.dropped_tokens == expected.dropped_tokens);
+  CHECK(relative(run.grads.gate_weight, expected.grads->params.gate) <= 1e-5);
+  const std::int64_t first = first_expert_of(r, lc.config.num_experts, comm.size());
+  for (std::int64_t e = 0; e < run.grads.experts.num_experts(); ++e) {
+    for (auto name : experts::expert_param_names(lc.config.activation)) {
+      INFO("expert " << first + e << " " << name);
+      CHECK(relative(run.grads.experts.param(e, name),
+                     test::expert_param(expected.grads->params.experts[static_cast<std::size_t>(first + e)], name)) <= 1e-5);
+    }
+  }
+  if (expected.grads->params.shared_expert) {
+    for (auto name : experts::expert_param_names(lc.config.activation)) {
+      INFO("shared expert " << name);
+      CHECK(relative(run.grads.shared_expert.param(0, name),
+                     test::expert_param(*expected.grads->params.shared_expert, name)) <= 1e-5);
+    }
+  }
+  if (!expected.score_bias_updated.empty()) CHECK(relative(run.bias, expected.score_bias_updated) <= 1e-6);
+}
+
+}  // namespace
+
+TEST_CASE("the device layer on the host backend matches the float64 reference", "[device][layer]") {
+  auto world = comm::MpiCommunicator::world();
+  for (const auto& named : test::standard_cases(world->size())) {
+    const ref::LayerCase c = ref::make_case(named.spec);
+    const ref::LayerResult expected = ref::run_reference(c);
+    const LayerCase lc = layer_case_from_file(test::to_case_file(c), named.name);
+    for (std::int64_t chunks : {1, 3}) {
+      DYNAMIC_SECTION(named.name << ", " << chunks << " chunks") {
+        check_against_reference(*world, lc, run_device(*world, lc, chunks), expected);
+      }
+    }
+  }
+}
+
+TEST_CASE("the device layer agrees with MoeLayer", "[device][layer]") {
+  // A few cases that differ in every part of the layer (the reference test above runs them all).
+  const std::set<std::string> chosen = {"empty_rank", "score_policy", "sigmoid_bias", "shared_swiglu_dropping",
+                                        "global_score", "deepseek_v3"};
+  auto world = comm::MpiCommunicator::world();
+  for (const auto& named : test::standard_cases(world->size())) {
+    if (chosen.count(named.name) == 0) continue;
+    DYNAMIC_SECTION(named.name) {
+      const LayerCase lc = layer_case_from_file(test::to_case_file(ref::make_case(named.spec)), named.name);
+      const DeviceRun run = run_device(*world, lc);
+      const test::LayerRun host = test::run_layer_case(*world, lc, lc.config);
+      const auto as_double = [](const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); };
+      CHECK(group_error(*world, run.y, as_double(host.y)) <= 1e-6);
+      CHECK(group_error(*world, run.dx, as_double(host.dx)) <= 1e-6);
+      CHECK(relative(run.grads.gate_weight, as_double(host.gate_grad)) <= 1e-6);
+      CHECK(run.result.stats.expert_kept == host.result.stats.expert_kept);
+      CHECK(run.result.stats.bytes_sent == host.result.stats.bytes_sent);
+      CHECK(run.result.stats.rows_to_peer == host.result.stats.rows_to_peer);
+      CHECK(run.result.aux_loss == host.result.aux_loss);
+      CHECK(run.result.z_loss == host.result.z_loss);
+    }
+  }
+}
+
+TEST_CASE("the device layer is bitwise reproducible, and a reused layer equals a fresh one", "[device][layer]") {
+  auto world = comm::MpiCommunicator::world();
+  const auto cases = test::standard_cases(world->size());
+  const LayerCase small = layer_case_from_file(test::to_case_file(ref::make_case(cases[0].spec)), "small");
+  ref::CaseSpec bigger = cases[0].spec;
+  for (auto& t : bigger.tokens_per_rank) t = t * 3 + 5;
+  const LayerCase big = layer_case_from_file(test::to_case_file(ref::make_case(bigger)), "big");
+
+  device::HostBackend backend(*world);
+  HostLayer layer(small.config, *world, backend);
+  for (const LayerCase* lc : {&big, &small, &big}) {
+    const DeviceRun reused = run_on(layer, *world, *lc);
+    const DeviceRun fresh = run_device(*world, *lc);
+    // Bitwise: no NaN can appear here, so == is bit equality.
+    CHECK(reused.y == fresh.y);
+    CHECK(reused.dx == fresh.dx);
+    CHECK(reused.grads.gate_weight == fresh.grads.gate_weight);
+    CHECK(reused.result.aux_loss == fresh.result.aux_loss);
+  }
+}
+
+TEST_CASE("the device layer refuses what it does not run, on every rank alike", "[device][layer][errors]") {
+  auto world = comm::MpiCommunicator::world();
+  MoeConfig config;
+  config.num_experts = 8;
+  config.d_model = 8;
+  config.d_hidden = 8;
+  const auto message_of = [&](MoeConfig c) -> std::string {
+    device::HostBackend backend(*world);
+    try {
+      HostLayer layer(c, *world, backend);
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "";
+  };
+  MoeConfig padded = config;
+  padded.exchange = ExchangeKind::padded;
+  CHECK_THAT(message_of(padded), Catch::Contains("the device layer runs the variable exchange only (exchange=padded)"));
+  MoeConfig bf16 = config;
+  bf16.compute = experts::Compute::bf16;
+  CHECK_THAT(message_of(bf16), Catch::Contains("computes and exchanges fp32 only"));
+  MoeConfig automatic = config;
+  automatic.overlap_chunks = 0;
+  CHECK_THAT(message_of(automatic), Catch::Contains("takes a fixed overlap_chunks"));
+  MoeConfig bad = config;
+  bad.top_k = 9;
+  CHECK_THAT(message_of(bad), Catch::Contains("top_k"));
+}
