@@ -19,7 +19,8 @@ void Dispatcher::reduce_statistics(DispatchContext& ctx, double exchange_seconds
   const auto row_bytes = static_cast<std::int64_t>(wire_row_bytes());
   // Layout per rank: counts[E], kept[E], the caller's sums, then the scalars below.
   enum Scalar { tokens, dropped_assignments, dropped_tokens, bytes_sent, bytes_received,
-                internode_bytes, internode_messages, exchange_s, experts_s, num_scalars };
+                internode_bytes, internode_messages, exchange_s, dispatch_s, return_s, experts_s,
+                num_scalars };
   const std::int64_t scalars_at = 2 * num_experts + num_sums;
   const std::int64_t width = scalars_at + num_scalars;
   stat_local_.resize(static_cast<std::size_t>(width));
@@ -44,6 +45,8 @@ void Dispatcher::reduce_statistics(DispatchContext& ctx, double exchange_seconds
   scalars[internode_bytes] = static_cast<double>(internode.bytes);
   scalars[internode_messages] = static_cast<double>(internode.messages);
   scalars[exchange_s] = exchange_seconds;
+  scalars[dispatch_s] = ctx.stats_.seconds(Phase::exchange);
+  scalars[return_s] = ctx.stats_.seconds(Phase::exchange_back);
   scalars[experts_s] = ctx.stats_.seconds(Phase::experts);
   set_phase("statistics");
   comm_.allgather(reinterpret_cast<const std::byte*>(stat_local_.data()),
@@ -85,12 +88,18 @@ void Dispatcher::reduce_statistics(DispatchContext& ctx, double exchange_seconds
 
   if (auto_pending_) {
     // Every rank decides from the same gathered numbers, so all choose the same chunk count.
-    double exchange = 1e30, compute = 0;
+    double exchange = 1e30, dispatch = 1e30, back = 1e30, compute = 0;
     for (int r = 0; r < p_size; ++r) {
       const double* s = stat_all_.data() + r * width + scalars_at;
       exchange = std::min(exchange, s[exchange_s]);  // the rank that waited least: pure transfer
+      dispatch = std::min(dispatch, s[dispatch_s]);
+      back = std::min(back, s[return_s]);
       compute = std::max(compute, s[experts_s]);
     }
+    // One chunk on this thread times the two exchanges apart. Each has a rank that arrived last
+    // and so waited for nobody; but the rank that waited least in both together still waited in
+    // the return for its slowest peer's experts. The least of each, summed, is the transfer.
+    if (!worker_ && !hierarchical_) exchange = std::min(exchange, dispatch + back);
     choose_auto_chunks(exchange, compute, stats);
   }
 }
