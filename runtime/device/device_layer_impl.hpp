@@ -11,22 +11,10 @@
 #include "runtime/device/permute_ops.hpp"
 #include "runtime/device/router_ops.hpp"
 #include "runtime/error.hpp"
+#include "runtime/local_failure.hpp"
 
 namespace moe::device {
 namespace layer_detail {
-
-// Runs `body`; returns what it threw, as text ("" when it succeeded).
-template <class Body>
-std::string failure_of(Body&& body) {
-  try {
-    body();
-    return {};
-  } catch (const std::bad_alloc&) {
-    return "out of memory growing the device layer's buffers";
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-}
 
 template <class Buffer>
 std::byte* bytes(const Buffer& b) {
@@ -156,13 +144,13 @@ const ForwardResult& DeviceLayer<Backend>::forward(const float* x, std::int64_t 
     local_error = "forward: " + std::to_string(num_tokens) + " tokens";
     num_tokens = 0;
   }
-  if (local_error.empty()) local_error = layer_detail::failure_of([&] { route(x, num_tokens); });
+  if (local_error.empty()) local_error = failure_of([&] { route(x, num_tokens); });
   const std::string late_error = plan_dispatch(num_tokens, local_error);
   clock.lap(Phase::route);
 
   // The receive side's sizes are known only now: a rank that cannot grow its buffers says so
   // before anyone enters the payload exchange.
-  agree_on_errors(control_, late_error.empty() ? layer_detail::failure_of([&] {
+  agree_on_errors(control_, late_error.empty() ? failure_of([&] {
     reserve_rows();
     upload_plan();
   }) : late_error);
@@ -237,7 +225,7 @@ std::string DeviceLayer<Backend>::plan_dispatch(std::int64_t num_tokens, std::st
   const int chunks = static_cast<int>(config_.overlap_chunks);
   const std::int64_t local = experts_.num_experts;
   if (local_error.empty()) {
-    local_error = layer_detail::failure_of([&] {
+    local_error = failure_of([&] {
       rank_assignments(config_, routing_.expert, routing_.weight, num_tokens, plan_);
     });
   }
@@ -256,7 +244,7 @@ std::string DeviceLayer<Backend>::plan_dispatch(std::int64_t num_tokens, std::st
     caps = global_capacity_.caps();
   }
   if (local_error.empty()) {
-    local_error = layer_detail::failure_of([&] {
+    local_error = failure_of([&] {
       build_plan(config_, size_, rank_, routing_.expert, num_tokens, chunks, -1, caps, plan_);
     });
   }
@@ -284,7 +272,7 @@ std::string DeviceLayer<Backend>::plan_dispatch(std::int64_t num_tokens, std::st
     std::copy_n(count_recv_.begin() + s * block + 1, local, recv_counts_.begin() + s * local);
   }
   if (any_error) raise_agreed_error(control_, local_error);
-  return layer_detail::failure_of([&] { set_receive_counts(plan_, recv_counts_); });
+  return failure_of([&] { set_receive_counts(plan_, recv_counts_); });
 }
 
 template <LayerBackend Backend>
