@@ -343,14 +343,20 @@ def main():
         f"{a.batch}x{a.seq} tokens per rank and step; BLAS {blas}"
         + (" (the reference BLAS: slow)" if reference_blas else ""))
 
-    moe, reference = build_models(a, vocab, rank, world)
-    agree, opt_moe = compare(a, moe, reference, train_ids, rank, world, say)
-    if not agree:
-        say("train_lm: error: the moe-ep model's losses differ from the PyTorch MoE model's")
-        return 1
-    del reference
-    train_on(a, moe, opt_moe, train_ids, held_out, vocab, rank, world, say)
-    return 0
+    try:
+        moe, reference = build_models(a, vocab, rank, world)
+        agree, opt_moe = compare(a, moe, reference, train_ids, rank, world, say)
+        if not agree:
+            say("train_lm: error: the moe-ep model's losses differ from the PyTorch MoE model's")
+            return 1
+        del reference
+        train_on(a, moe, opt_moe, train_ids, held_out, vocab, rank, world, say)
+        return 0
+    finally:
+        # Gloo's worker threads must be joined while the interpreter is alive: left to exit, one of
+        # them may free the last reference to a tensor during finalisation and abort the process.
+        if world > 1:
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":
