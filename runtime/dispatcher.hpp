@@ -1,7 +1,8 @@
 // The Dispatcher: the exchange level of the layer, usable on its own (ARCHITECTURE.md, "Two levels,
 // both public"). The caller hands in each token's experts and weights; the Dispatcher decides
 // capacity and drops (SPEC.md section 4, rank or global scope), agrees with every rank on the row
-// counts, moves the kept rows to the ranks owning their experts, grouped by local expert, and
+// counts (both through runtime/plan_agreement.hpp, the plan logic it shares with the device
+// layer), moves the kept rows to the ranks owning their experts, grouped by local expert, and
 // brings the experts' outputs back, weighted and summed per token (section 6). Backward walks the
 // same plan in reverse (section 8, minus the router and the experts, which are the caller's).
 //
@@ -32,8 +33,8 @@
 #include "runtime/dispatch_io.hpp"
 #include "runtime/dispatch_plan.hpp"
 #include "runtime/exchange_worker.hpp"
-#include "runtime/global_capacity.hpp"
 #include "runtime/permute.hpp"
+#include "runtime/plan_agreement.hpp"
 #include "runtime/stats.hpp"
 
 namespace moe {
@@ -149,7 +150,6 @@ class Dispatcher {
  private:
   // Work on chunk c once its rows arrived (receive order) and before they go back.
   using ChunkWork = FunctionRef<void(int)>;
-  std::string plan_exchange(DispatchContext& ctx, const Routing& routing, std::string local_error);
   void grow_receive_side(DispatchContext& ctx);
   double run_pipeline(DispatchContext& ctx, const std::byte* send, std::byte* returned,
                       ChunkWork work, PhaseTimer& timer, const char* out_phase,
@@ -174,7 +174,6 @@ class Dispatcher {
   void forward_chunk(DispatchContext& ctx, int c, ExpertFunction experts);
   void backward_chunk(DispatchContext& ctx, int c, ExpertFunction experts);
   void set_phase(const char* phase);
-  void check_consistency();
   void start_worker();
   void reduce_statistics(DispatchContext& ctx, double exchange_seconds, std::span<double> group_sums);
   void choose_auto_chunks(double exchange_seconds, double compute_seconds, const ForwardStats& stats);
@@ -185,7 +184,7 @@ class Dispatcher {
 
   MoeConfig config_;
   comm::Communicator& comm_;
-  GlobalCapacity global_capacity_;
+  PlanAgreement agreement_;  // the plan and the ranks' agreement on it, shared with the device layer
   comm::NodeTopology topology_;
   std::unique_ptr<comm::HierarchicalExchange> hierarchical_;  // exchange = hierarchical only
   int chunks_ = 1;
@@ -203,7 +202,6 @@ class Dispatcher {
   std::vector<float> d_weight_;           // split backward: from dispatch_backward to combine_backward
   std::vector<float> row_values_;         // hierarchical: each send row's weight, then its dy · output
   std::vector<std::int64_t> peer_rows_;   // hierarchical: rows to each rank, then from each
-  std::vector<std::int64_t> count_send_, count_recv_, recv_counts_;
   std::vector<std::size_t> chunk_bytes_;  // per chunk: send[P], recv[P] of dispatch; same reversed back
   std::vector<std::uint64_t> tickets_;
   std::vector<double> stat_local_, stat_all_;

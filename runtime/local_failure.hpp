@@ -24,13 +24,19 @@ std::string failure_of(Body&& body) {
   }
 }
 
+// The error check_finite reports for the non-finite `value` at (row, column) of tensor `name`:
+// written once, so the host layers and the device layer say the same.
+inline std::string non_finite_message(const char* name, std::int64_t row, std::int64_t column, float value) {
+  return std::string(name) + " row " + std::to_string(row) + " column " + std::to_string(column) + " is " +
+         (std::isnan(value) ? "NaN" : "infinite") + " (check_finite is on)";
+}
+
 // The first non-finite value of a [rows, width] tensor, as an error message, or "".
 inline std::string first_non_finite(const char* name, std::span<const float> values, std::int64_t width) {
   for (std::size_t i = 0; i < values.size(); ++i) {
     if (!std::isfinite(values[i])) {
-      return std::string(name) + " row " + std::to_string(static_cast<std::int64_t>(i) / width) +
-             " column " + std::to_string(static_cast<std::int64_t>(i) % width) + " is " +
-             (std::isnan(values[i]) ? "NaN" : "infinite") + " (check_finite is on)";
+      const auto index = static_cast<std::int64_t>(i);
+      return non_finite_message(name, index / width, index % width, values[i]);
     }
   }
   return {};

@@ -15,6 +15,7 @@ template cudaError_t launch_device(std::int64_t, const LogsumexpSquareSumOp&, cu
 template cudaError_t launch_device(std::int64_t, const RouteBackwardTokenOp&, cudaStream_t);
 template cudaError_t launch_device(std::int64_t, const SelectionBiasUpdateOp&, cudaStream_t);
 template cudaError_t launch_device(std::int64_t, const GatherRowsOp&, cudaStream_t);
+template cudaError_t launch_device(std::int64_t, const ZeroPaddingRowsOp&, cudaStream_t);
 template cudaError_t launch_device(std::int64_t, const CombineRowsOp&, cudaStream_t);
 template cudaError_t launch_device(std::int64_t, const CombineRowsBackwardOp&, cudaStream_t);
 template cudaError_t launch_device(std::int64_t, const CombineWeightGradOp&, cudaStream_t);
@@ -22,5 +23,6 @@ template cudaError_t launch_device(std::int64_t, const GatherRowsBackwardOp&, cu
 template cudaError_t launch_device(std::int64_t, const ToExpertOrderOp&, cudaStream_t);
 template cudaError_t launch_device(std::int64_t, const FromExpertOrderOp&, cudaStream_t);
 template cudaError_t launch_device(std::int64_t, const AddRowsOp&, cudaStream_t);
+template cudaError_t launch_device(std::int64_t, const FirstNonFiniteOp&, cudaStream_t);
 
 }  // namespace moe::device

@@ -8,15 +8,17 @@
 //
 // Where the work happens: tensors, parameters, gradients and the workspace live in the backend's
 // memory space and grow to the largest batch, then are reused (no allocation on the hot path);
-// the router's choices come to the host, which builds the dispatch plan (runtime/dispatch_plan.hpp)
-// and exchanges the counts over the host `control` communicator (the MPI communicator NCCL was
-// bootstrapped from); the plan's row maps go back to the space and the rows move over the
-// backend's communicator, chunk by chunk: the packing of chunk c+1's exchange and the experts of
-// chunk c are ordered only by events, so on a GPU they overlap.
+// the router's choices come to the host, where the dispatch plan is made and agreed by the same
+// code as the Dispatcher's (runtime/plan_agreement.hpp: capacity and drops, the count exchange or
+// the padded slot count, errors raised by every rank) over the host `control` communicator (the
+// MPI communicator NCCL was bootstrapped from); the plan's row maps go back to the space and the
+// rows move over the backend's communicator, chunk by chunk: the packing of chunk c+1's exchange
+// and the experts of chunk c are ordered only by events, so on a GPU they overlap.
 //
-// Not supported (refused at construction, on every rank): exchange padded or hierarchical, bf16
-// wire or compute, overlap_chunks auto, check_finite. A forward's context is kept inside the
-// layer: backward walks back the last forward.
+// Runs the variable and padded exchanges and check_finite (the input, the routing weights and the
+// output gradient, with MoeLayer's errors). Not supported (refused at construction, on every
+// rank): exchange hierarchical, bf16 wire or compute, overlap_chunks auto. A forward's context is
+// kept inside the layer: backward walks back the last forward.
 #pragma once
 
 #include <array>
@@ -31,8 +33,8 @@
 #include "runtime/device/layer_backend.hpp"
 #include "runtime/device/layer_parameters.hpp"
 #include "runtime/dispatch_plan.hpp"
-#include "runtime/global_capacity.hpp"
 #include "runtime/moe_layer.hpp"
+#include "runtime/plan_agreement.hpp"
 #include "runtime/router.hpp"
 
 namespace moe::device {
@@ -47,8 +49,9 @@ class DeviceLayer {
   using Buffer = typename Backend::template Buffer<T>;
 
   // Collective over `control`: the configuration is validated (and checked against
-  // device_layer_problem) on every rank; a failure is the same moe::Error everywhere. `control`
-  // has the ranks of the backend's communicator in the same order; both must outlive the layer.
+  // device_layer_problem) on every rank, and the ranks check that they hold the same one (as the
+  // Dispatcher does); a failure is the same moe::Error everywhere. `control` has the ranks of the
+  // backend's communicator in the same order; both must outlive the layer.
   DeviceLayer(const MoeConfig& config, comm::Communicator& control, Backend& backend);
 
   const MoeConfig& config() const { return config_; }
@@ -75,9 +78,12 @@ class DeviceLayer {
 
  private:
   void route(const float* x, std::int64_t num_tokens);
-  // Capacity, drops and the count exchange (errors agreed on `control_`); returns a failure met
-  // after the agreement ("" for none).
+  // The plan of the routed batch, agreed on `control_` (runtime/plan_agreement.hpp); returns a
+  // failure met after the agreement ("" for none).
   std::string plan_dispatch(std::int64_t num_tokens, std::string local_error);
+  // check_finite: the first non-finite value of `rows` [n, width] in the space, in MoeLayer's
+  // words, or "" (or what failed while looking).
+  std::string first_non_finite_row(const char* name, const float* rows, std::int64_t n, std::int64_t width);
   void upload_plan();
   void reserve_rows();
   // Out, work on each chunk as it arrives, back: the chunked exchange of the pass.
@@ -95,7 +101,7 @@ class DeviceLayer {
   Backend& backend_;
   int rank_ = 0, size_ = 1;
   GemmGroups groups_;
-  GlobalCapacity global_capacity_;
+  PlanAgreement agreement_;
 
   // Parameters and gradients in the space.
   Buffer<float> gate_, bias_, gate_grad_;
@@ -122,8 +128,11 @@ class DeviceLayer {
   Buffer<float> d_weight_, d_logits_, expert_grad_;
   std::array<double, kNumPhases> backward_seconds_{};
 
+  // check_finite: each row's first non-finite column, in the space and on the host.
+  Buffer<std::int64_t> non_finite_;
+  std::vector<std::int64_t> non_finite_host_;
+
   // Host workspace of the control path.
-  std::vector<std::int64_t> count_send_, count_recv_, recv_counts_;
   std::vector<double> stat_local_, stat_all_, group_prob_sum_;
   bool forwarded_ = false;  // a forward has filled the context backward walks back
   std::array<std::int64_t, 2> shared_offsets_{};

@@ -88,6 +88,7 @@ DeviceLayer<Backend>::DeviceLayer(const MoeConfig& config, comm::Communicator& c
     config_.validate();
     if (auto problem = device_layer_problem(config_); !problem.empty()) throw Error("the device layer " + problem);
   });
+  agree_on_config(control_, config_);
   const std::int64_t num_experts = config_.num_experts, d = config_.d_model;
   gate_.reserve(num_experts * d);
   gate_grad_.reserve(num_experts * d);
@@ -144,7 +145,15 @@ const ForwardResult& DeviceLayer<Backend>::forward(const float* x, std::int64_t 
     local_error = "forward: " + std::to_string(num_tokens) + " tokens";
     num_tokens = 0;
   }
+  const std::int64_t d = config_.d_model, k = config_.top_k;
+  // check_finite: MoeLayer's checks, in its order (the input, then the routing weights its
+  // Dispatcher checks), so a bad value gives the same error on either path.
+  if (local_error.empty() && config_.check_finite) local_error = first_non_finite_row("input", x, num_tokens, d);
   if (local_error.empty()) local_error = failure_of([&] { route(x, num_tokens); });
+  if (local_error.empty() && config_.check_finite) {
+    local_error = first_non_finite("routing weights",
+                                   std::span<const float>(routing_.weight).first(static_cast<std::size_t>(num_tokens * k)), k);
+  }
   const std::string late_error = plan_dispatch(num_tokens, local_error);
   clock.lap(Phase::route);
 
@@ -154,7 +163,7 @@ const ForwardResult& DeviceLayer<Backend>::forward(const float* x, std::int64_t 
     reserve_rows();
     upload_plan();
   }) : late_error);
-  const std::int64_t d = config_.d_model, k = config_.top_k, tokens = plan_.num_tokens;
+  const std::int64_t tokens = plan_.num_tokens;
   backend_.launch(plan_.num_send_rows() * d, GatherRowsOp{.width = d, .send_token = send_token_.data(),
                                                           .x = x, .send = send_.data()});
   clock.lap(Phase::permute);
@@ -222,57 +231,35 @@ void DeviceLayer<Backend>::route(const float* x, std::int64_t num_tokens) {
 
 template <LayerBackend Backend>
 std::string DeviceLayer<Backend>::plan_dispatch(std::int64_t num_tokens, std::string local_error) {
-  const int chunks = static_cast<int>(config_.overlap_chunks);
-  const std::int64_t local = experts_.num_experts;
-  if (local_error.empty()) {
-    local_error = failure_of([&] {
-      rank_assignments(config_, routing_.expert, routing_.weight, num_tokens, plan_);
-    });
-  }
-  if (!local_error.empty()) {
-    num_tokens = routing_.num_tokens = 0;
-    routing_.counts.assign(static_cast<std::size_t>(config_.num_experts), 0);
-    rank_assignments(config_, routing_.expert, routing_.weight, 0, plan_);
-  }
-  std::span<const std::int64_t> caps;
-  if (config_.capacity_scope == CapacityScope::global && !config_.dropless()) {
-    const auto assignments = static_cast<std::size_t>(num_tokens * config_.top_k);
-    const Routing routing{.num_tokens = num_tokens,
-                          .experts = std::span<const std::int32_t>(routing_.expert).first(assignments),
-                          .weights = std::span<const float>(routing_.weight).first(assignments)};
-    global_capacity_.decide(control_, config_, routing, plan_, local_error);
-    caps = global_capacity_.caps();
-  }
-  if (local_error.empty()) {
-    local_error = failure_of([&] {
-      build_plan(config_, size_, rank_, routing_.expert, num_tokens, chunks, -1, caps, plan_);
-    });
-  }
-  if (!local_error.empty()) {
-    rank_assignments(config_, routing_.expert, routing_.weight, 0, plan_);
-    build_plan(config_, size_, rank_, routing_.expert, 0, chunks, -1, {}, plan_);
-  }
-  // The count exchange as MoeLayer's: a status word, then the rows for each of the destination's
-  // experts, in blocks with room for the most experts any rank owns.
-  const std::int64_t block = (config_.num_experts + size_ - 1) / size_ + 1;
-  count_send_.assign(static_cast<std::size_t>(size_ * block), 0);
-  count_recv_.resize(count_send_.size());
-  for (int p = 0; p < size_; ++p) {
-    count_send_[static_cast<std::size_t>(p * block)] = local_error.empty() ? 0 : 1;
-    std::copy_n(plan_.kept.begin() + first_expert_of(p, config_.num_experts, size_),
-                num_experts_of(p, config_.num_experts, size_), count_send_.begin() + p * block + 1);
-  }
-  control_.alltoall(reinterpret_cast<const std::byte*>(count_send_.data()),
-                    reinterpret_cast<std::byte*>(count_recv_.data()),
-                    static_cast<std::size_t>(block) * sizeof(std::int64_t));
-  bool any_error = false;
-  recv_counts_.resize(static_cast<std::size_t>(size_ * local));
-  for (int s = 0; s < size_; ++s) {
-    any_error = any_error || count_recv_[static_cast<std::size_t>(s * block)] != 0;
-    std::copy_n(count_recv_.begin() + s * block + 1, local, recv_counts_.begin() + s * local);
-  }
-  if (any_error) raise_agreed_error(control_, local_error);
-  return failure_of([&] { set_receive_counts(plan_, recv_counts_); });
+  // A rank with an error plans an empty batch: its routing may be partial.
+  if (!local_error.empty()) num_tokens = 0;
+  const auto assignments = static_cast<std::size_t>(num_tokens * config_.top_k);
+  const Routing routing{.num_tokens = num_tokens,
+                        .experts = std::span<const std::int32_t>(routing_.expert).first(assignments),
+                        .weights = std::span<const float>(routing_.weight).first(assignments)};
+  return agreement_.agree(control_, config_, static_cast<int>(config_.overlap_chunks), routing,
+                          std::move(local_error), plan_, result_.stats.count_exchange_seconds);
+}
+
+template <LayerBackend Backend>
+std::string DeviceLayer<Backend>::first_non_finite_row(const char* name, const float* rows, std::int64_t n,
+                                                       std::int64_t width) {
+  std::string found;
+  const std::string failed = failure_of([&] {
+    non_finite_.reserve(n);
+    layer_detail::grow(non_finite_host_, n);
+    backend_.launch(n, FirstNonFiniteOp{.width = width, .rows = rows, .column = non_finite_.data()});
+    const auto columns = std::span(non_finite_host_).first(static_cast<std::size_t>(n));
+    backend_.download(static_cast<const std::int64_t*>(non_finite_.data()), columns);
+    const auto row = std::find_if(columns.begin(), columns.end(), [](std::int64_t c) { return c >= 0; });
+    if (row == columns.end()) return;
+    // Only the failing value itself comes over, to say whether it is NaN or infinite.
+    const std::int64_t r = row - columns.begin();
+    float value = 0;
+    backend_.download(rows + r * width + *row, std::span<float>(&value, 1));
+    found = non_finite_message(name, r, *row, value);
+  });
+  return failed.empty() ? found : failed;
 }
 
 template <LayerBackend Backend>
@@ -363,10 +350,18 @@ void DeviceLayer<Backend>::backward(const float* x, const float* dy, float* dx, 
   if (!forwarded_) throw std::logic_error("moe-ep: DeviceLayer::backward before any forward");
   const std::int64_t d = config_.d_model, k = config_.top_k, tokens = plan_.num_tokens;
   const std::int64_t num_experts = config_.num_experts;
+  // As MoeLayer's backward: a non-finite output gradient on any rank is every rank's error.
+  if (config_.check_finite) agree_on_errors(control_, first_non_finite_row("grad_output", dy, tokens, d));
   PhaseTimer clock(backward_seconds_, "backward");
   // Combine backward: the gradient of each kept row (send order) and of each weight.
   backend_.launch(tokens * k * d, CombineRowsBackwardOp{.width = d, .top_k = k, .send_row = send_row_.data(),
                                                         .weight = weight_.data(), .dy = dy, .d_out = send_.data()});
+  // The padded exchange sends the padding rows too, and they must carry zeros: the forward's
+  // gather wrote zeros there, but an earlier backward's return left its input gradients.
+  if (plan_.padded_slots >= 0) {
+    backend_.launch(plan_.num_send_rows() * d, ZeroPaddingRowsOp{.width = d, .send_token = send_token_.data(),
+                                                                 .send = send_.data()});
+  }
   backend_.launch(tokens * k, CombineWeightGradOp{.width = d, .top_k = k, .send_row = send_row_.data(), .dy = dy,
                                                   .back = returned_.data(), .d_weight = d_weight_.data()});
   clock.lap(Phase::combine);

@@ -1,11 +1,14 @@
 // Moving rows by the dispatch plan (runtime/dispatch_plan.hpp) as data-path ops, for fp32 rows
-// (the device path's wire format): gather token rows into send order, the weighted combine back
-// into token rows, and their backward; receive order to expert order and back. One index per output element (or per assignment for the
-// weight gradient), so each index writes only its own value and sums run in a fixed order: the
-// kept choices j in order, as the host functions of runtime/permute.hpp, which give the same bits
-// on fp32 rows (tests/runtime/test_device_ops.cpp checks both against the float64 reference).
+// (the device path's wire format): gather token rows into send order (and zero the padded
+// exchange's padding rows), the weighted combine back into token rows, and their backward;
+// receive order to expert order and back; the check_finite scan of rows. One index per output
+// element (or per assignment for the weight gradient, per row for the scan), so each index writes
+// only its own value and sums run in a fixed order: the kept choices j in order, as the host
+// functions of runtime/permute.hpp, which give the same bits on fp32 rows
+// (tests/runtime/test_device_ops.cpp checks both against the float64 reference).
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include "experts/device/host_device.hpp"
@@ -22,6 +25,19 @@ struct GatherRowsOp {
   MOE_HOST_DEVICE void operator()(std::int64_t i) const {
     const std::int64_t token = send_token[i / width];
     send[i] = token < 0 ? 0.0f : x[token * width + i % width];
+  }
+};
+
+// Zeros the padding rows (send_token -1) of a send-order buffer: the padded exchange sends them
+// too, and what the backward sends there must be zeros like the forward's (as the host's
+// zero_padding_rows, runtime/permute.hpp).
+struct ZeroPaddingRowsOp {
+  std::int64_t width;
+  const std::int64_t* send_token;  // [rows sent]
+  float* send;                     // [rows sent, width]
+
+  MOE_HOST_DEVICE void operator()(std::int64_t i) const {
+    if (send_token[i / width] < 0) send[i] = 0.0f;
   }
 };
 
@@ -132,6 +148,23 @@ struct FromExpertOrderOp {
 
   MOE_HOST_DEVICE void operator()(std::int64_t i) const {
     received[i] = expert[expert_row[i / width] * width + i % width];
+  }
+};
+
+// check_finite on the device path: column[r] is the column of row r's first non-finite value, or
+// -1. One index per row, so the host can name the first in row-major order, in the words of
+// first_non_finite (runtime/local_failure.hpp).
+struct FirstNonFiniteOp {
+  std::int64_t width;
+  const float* rows;     // [n, width]
+  std::int64_t* column;  // [n]
+
+  MOE_HOST_DEVICE void operator()(std::int64_t r) const {
+    std::int64_t found = -1;
+    for (std::int64_t c = 0; c < width && found < 0; ++c) {
+      if (!std::isfinite(rows[r * width + c])) found = c;
+    }
+    column[r] = found;
   }
 };
 

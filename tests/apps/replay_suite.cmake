@@ -6,11 +6,13 @@
 # EXTRA: more moe-replay arguments (execution options: same results within SPEC.md section 9).
 # BOUND: the relative error allowed per tensor (default 1e-5; SPEC.md section 9 allows 1e-2 for bf16).
 # CASES: a regex of case names to run (default: every case), for runs that cannot afford them all.
+# EXCLUDE: a regex of case names not to run (cases the options in EXTRA do not apply to).
 # REPLAY is the command (a list: "python3;-m;moe_ep.replay" runs the Python path); ONCE=ON runs
 # the cases once, without the second run's bitwise comparison (the Python suite: determinism is the
 # runtime's, which the moe-replay suite checks).
 # TAG names the result directories of another REPLAY, so two suites may run at once.
-# cmake -DMPIRUN=... -DNP=... [-DDP=...] [-DEXTRA="a;b"] [-DBOUND=...] [-DCASES=regex] [-DONCE=ON] [-DTAG=_python]
+# cmake -DMPIRUN=... -DNP=... [-DDP=...] [-DEXTRA="a;b"] [-DBOUND=...] [-DCASES=regex] [-DEXCLUDE=regex]
+#       [-DONCE=ON] [-DTAG=_python]
 #       -DREPLAY=... -DTOOL=... -DDIR=... -P replay_suite.cmake
 if(NOT DP)
   set(DP 1)
@@ -27,6 +29,9 @@ file(GLOB cases "${DIR}/*.safetensors")
 list(FILTER cases EXCLUDE REGEX "/bad_")
 if(CASES)
   list(FILTER cases INCLUDE REGEX "/(${CASES})\\.safetensors$")
+endif()
+if(EXCLUDE)
+  list(FILTER cases EXCLUDE REGEX "/(${EXCLUDE})\\.safetensors$")
 endif()
 list(LENGTH cases count)
 if(count EQUAL 0)

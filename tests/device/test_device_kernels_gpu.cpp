@@ -133,6 +133,31 @@ void check_permute() {
                                                                      d_y.data}, nullptr), "CombineRowsOp");
     check(d_send.download() == send, "gather on the GPU");
     check(relative_difference(d_y.download(), y) <= 1e-6, "combine on the GPU");
+
+    // The padded exchange's padding rows, zeroed.
+    DispatchPlan padded = plan;
+    build_plan(config, 2, 0, routing.expert, tokens, 1, *std::max_element(plan.kept.begin(), plan.kept.end()) + 1,
+               {}, padded);
+    const std::int64_t padded_rows = padded.num_send_rows();
+    std::vector<float> slots(static_cast<std::size_t>(padded_rows * width), 1.0f);
+    DeviceArray<float> d_slots(slots);
+    DeviceArray<std::int64_t> d_padded_token(padded.send_token);
+    device::launch_host(padded_rows * width, device::ZeroPaddingRowsOp{width, padded.send_token.data(), slots.data()});
+    cuda(device::launch_device(padded_rows * width, device::ZeroPaddingRowsOp{width, d_padded_token.data, d_slots.data},
+                               nullptr), "ZeroPaddingRowsOp");
+    check(d_slots.download() == slots, "padding rows zeroed on the GPU");
+
+    // check_finite's scan: the device's isfinite finds what the host's does.
+    std::vector<float> scanned = x;
+    scanned[static_cast<std::size_t>(3 * width + 1)] = std::nanf("");
+    scanned[static_cast<std::size_t>(5 * width)] = -INFINITY;
+    std::vector<std::int64_t> column(static_cast<std::size_t>(tokens));
+    device::launch_host(tokens, device::FirstNonFiniteOp{width, scanned.data(), column.data()});
+    DeviceArray<float> d_scanned(scanned);
+    DeviceArray<std::int64_t> d_column(std::vector<std::int64_t>(column.size(), 0));
+    cuda(device::launch_device(tokens, device::FirstNonFiniteOp{width, d_scanned.data, d_column.data}, nullptr),
+         "FirstNonFiniteOp");
+    check(d_column.download() == column, "check_finite's scan on the GPU");
   }
 }
 

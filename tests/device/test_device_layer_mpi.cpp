@@ -1,11 +1,14 @@
 // The device layer's composition (runtime/device/device_layer.hpp) on the host backend: the same
 // control logic, ops and chunked exchanges a GPU runs, here with the host launcher, oneDNN and MPI.
 // Forward, backward and the selection-bias update against the float64 reference on every
-// standard case, with one chunk and with three; against MoeLayer on a few; bitwise reproducible;
-// a reused layer equals a fresh one; refused options. Only CHECK after the first collective.
+// standard case, with one chunk and with three, over the variable and the padded exchange (the
+// latter with check_finite on); against MoeLayer on a few; bitwise reproducible; a reused layer
+// equals a fresh one; refused options; check_finite's and a configuration mismatch's errors, the
+// same on every rank as MoeLayer's. Only CHECK after the first collective.
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <limits>
 #include <memory>
 #include <set>
 #include <string>
@@ -61,9 +64,7 @@ DeviceRun run_on(HostLayer& layer, comm::Communicator& comm, const LayerCase& lc
   return run;
 }
 
-DeviceRun run_device(comm::Communicator& comm, const LayerCase& lc, std::int64_t chunks = 1) {
-  MoeConfig config = lc.config;
-  config.overlap_chunks = chunks;
+DeviceRun run_device(comm::Communicator& comm, const LayerCase& lc, const MoeConfig& config) {
   device::HostBackend backend(comm);
   HostLayer layer(config, comm, backend);
   return run_on(layer, comm, lc);
@@ -130,34 +131,51 @@ TEST_CASE("the device layer on the host backend matches the float64 reference", 
     const ref::LayerCase c = ref::make_case(named.spec);
     const ref::LayerResult expected = ref::run_reference(c);
     const LayerCase lc = layer_case_from_file(test::to_case_file(c), named.name);
-    for (std::int64_t chunks : {1, 3}) {
-      DYNAMIC_SECTION(named.name << ", " << chunks << " chunks") {
-        check_against_reference(*world, lc, run_device(*world, lc, chunks), expected);
+    for (const ExchangeKind exchange : {ExchangeKind::variable, ExchangeKind::padded}) {
+      // The padded exchange needs a capacity to size its slots.
+      if (exchange == ExchangeKind::padded && lc.config.dropless()) continue;
+      for (std::int64_t chunks : {1, 3}) {
+        DYNAMIC_SECTION(named.name << ", " << to_string(exchange) << ", " << chunks << " chunks") {
+          MoeConfig config = lc.config;
+          config.exchange = exchange;
+          config.overlap_chunks = chunks;
+          // Checking for NaN/Inf changes no result.
+          config.check_finite = exchange == ExchangeKind::padded;
+          check_against_reference(*world, lc, run_device(*world, lc, config), expected);
+        }
       }
     }
   }
 }
 
 TEST_CASE("the device layer agrees with MoeLayer", "[device][layer]") {
-  // A few cases that differ in every part of the layer (the reference test above runs them all).
+  // A few cases that differ in every part of the layer (the reference test above runs them all),
+  // with each exchange the device layer runs; the padded one also with check_finite.
   const std::set<std::string> chosen = {"empty_rank", "score_policy", "sigmoid_bias", "shared_swiglu_dropping",
                                         "global_score", "deepseek_v3"};
   auto world = comm::MpiCommunicator::world();
   for (const auto& named : test::standard_cases(world->size())) {
     if (chosen.count(named.name) == 0) continue;
-    DYNAMIC_SECTION(named.name) {
-      const LayerCase lc = layer_case_from_file(test::to_case_file(ref::make_case(named.spec)), named.name);
-      const DeviceRun run = run_device(*world, lc);
-      const test::LayerRun host = test::run_layer_case(*world, lc, lc.config);
-      const auto as_double = [](const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); };
-      CHECK(group_error(*world, run.y, as_double(host.y)) <= 1e-6);
-      CHECK(group_error(*world, run.dx, as_double(host.dx)) <= 1e-6);
-      CHECK(relative(run.grads.gate_weight, as_double(host.gate_grad)) <= 1e-6);
-      CHECK(run.result.stats.expert_kept == host.result.stats.expert_kept);
-      CHECK(run.result.stats.bytes_sent == host.result.stats.bytes_sent);
-      CHECK(run.result.stats.rows_to_peer == host.result.stats.rows_to_peer);
-      CHECK(run.result.aux_loss == host.result.aux_loss);
-      CHECK(run.result.z_loss == host.result.z_loss);
+    const LayerCase lc = layer_case_from_file(test::to_case_file(ref::make_case(named.spec)), named.name);
+    for (const ExchangeKind exchange : {ExchangeKind::variable, ExchangeKind::padded}) {
+      if (exchange == ExchangeKind::padded && lc.config.dropless()) continue;
+      DYNAMIC_SECTION(named.name << ", " << to_string(exchange)) {
+        MoeConfig config = lc.config;
+        config.exchange = exchange;
+        config.check_finite = exchange == ExchangeKind::padded;
+        const DeviceRun run = run_device(*world, lc, config);
+        const test::LayerRun host = test::run_layer_case(*world, lc, config);
+        const auto as_double = [](const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); };
+        CHECK(group_error(*world, run.y, as_double(host.y)) <= 1e-6);
+        CHECK(group_error(*world, run.dx, as_double(host.dx)) <= 1e-6);
+        CHECK(relative(run.grads.gate_weight, as_double(host.gate_grad)) <= 1e-6);
+        CHECK(run.result.stats.expert_kept == host.result.stats.expert_kept);
+        // With the padded exchange these count the padding rows too, on both paths.
+        CHECK(run.result.stats.bytes_sent == host.result.stats.bytes_sent);
+        CHECK(run.result.stats.rows_to_peer == host.result.stats.rows_to_peer);
+        CHECK(run.result.aux_loss == host.result.aux_loss);
+        CHECK(run.result.z_loss == host.result.z_loss);
+      }
     }
   }
 }
@@ -174,7 +192,7 @@ TEST_CASE("the device layer is bitwise reproducible, and a reused layer equals a
   HostLayer layer(small.config, *world, backend);
   for (const LayerCase* lc : {&big, &small, &big}) {
     const DeviceRun reused = run_on(layer, *world, *lc);
-    const DeviceRun fresh = run_device(*world, *lc);
+    const DeviceRun fresh = run_device(*world, *lc, small.config);
     // Bitwise: no NaN can appear here, so == is bit equality.
     CHECK(reused.y == fresh.y);
     CHECK(reused.dx == fresh.dx);
@@ -198,9 +216,10 @@ TEST_CASE("the device layer refuses what it does not run, on every rank alike", 
     }
     return "";
   };
-  MoeConfig padded = config;
-  padded.exchange = ExchangeKind::padded;
-  CHECK_THAT(message_of(padded), Catch::Contains("the device layer runs the variable exchange only (exchange=padded)"));
+  MoeConfig hierarchical = config;
+  hierarchical.exchange = ExchangeKind::hierarchical;
+  CHECK_THAT(message_of(hierarchical),
+             Catch::Contains("the device layer runs the variable and padded exchanges only (exchange=hierarchical)"));
   MoeConfig bf16 = config;
   bf16.compute = experts::Compute::bf16;
   CHECK_THAT(message_of(bf16), Catch::Contains("computes and exchanges fp32 only"));
@@ -210,4 +229,67 @@ TEST_CASE("the device layer refuses what it does not run, on every rank alike", 
   MoeConfig bad = config;
   bad.top_k = 9;
   CHECK_THAT(message_of(bad), Catch::Contains("top_k"));
+}
+
+TEST_CASE("check_finite: a NaN or infinity on one rank is every rank's error, in MoeLayer's words",
+          "[device][layer][errors]") {
+  auto world = comm::MpiCommunicator::world();
+  MoeConfig config;
+  config.num_experts = 2 * world->size();
+  config.d_model = 4;
+  config.d_hidden = 6;
+  config.check_finite = true;
+  const int bad = world->size() - 1;
+  const std::string on_bad = " (check_finite is on) (rank " + std::to_string(bad) + ")";
+  const auto message_of = [](auto&& call) -> std::string {
+    try {
+      call();
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "";
+  };
+  std::vector<float> x(20, 0.5f), y(20), dx(20), dy(20, 1.0f);
+  if (world->rank() == bad) x[9] = std::nanf("");
+  MoeLayer host(config, *world);
+  ForwardContext ctx;
+  device::HostBackend backend(*world);
+  HostLayer layer(config, *world, backend);
+  // Each rank's message is exactly this text, so every rank has the same.
+  const std::string forward_error = message_of([&] { layer.forward(x.data(), 5, y.data()); });
+  CHECK(forward_error == "input row 2 column 1 is NaN" + on_bad);
+  CHECK(forward_error == message_of([&] { host.forward(x, y, ctx); }));
+
+  // The layer stays usable; the backward checks the output gradient.
+  x[9] = 0.5f;
+  CHECK(message_of([&] { layer.forward(x.data(), 5, y.data()); }).empty());
+  host.forward(x, y, ctx);
+  if (world->rank() == bad) dy[4] = std::numeric_limits<float>::infinity();
+  const std::string backward_error = message_of([&] { layer.backward(x.data(), dy.data(), dx.data()); });
+  CHECK(backward_error == "grad_output row 1 column 0 is infinite" + on_bad);
+  CHECK(backward_error == message_of([&] { host.backward(x, dy, dx, ctx); }));
+}
+
+TEST_CASE("ranks giving the device layer different configurations are told which fields differ",
+          "[device][layer][errors]") {
+  auto world = comm::MpiCommunicator::world();
+  if (world->size() < 2) return;  // one rank cannot disagree with itself
+  const int last = world->size() - 1;
+  MoeConfig config;
+  config.num_experts = 4 * world->size();
+  config.d_model = 4;
+  config.d_hidden = 6;
+  if (world->rank() == last) config.top_k = 3;  // valid, but not what the others run
+  device::HostBackend backend(*world);
+  std::string message;
+  try {
+    HostLayer layer(config, *world, backend);
+  } catch (const Error& e) {
+    message = e.what();
+  }
+  // MoeLayer's message (tests/runtime/test_layer_mpi.cpp), the same on every rank.
+  std::string others = last == 1 ? "rank 0" : "ranks 0";
+  for (int r = 1; r < last; ++r) others += ", " + std::to_string(r);
+  CHECK(message == "the ranks of layer '" + config.label + "' were given different configurations: top_k=2 (" +
+                       others + "); top_k=3 (rank " + std::to_string(last) + ")");
 }

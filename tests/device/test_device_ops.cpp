@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -20,6 +21,7 @@
 #include "runtime/device/permute_ops.hpp"
 #include "runtime/device/router_ops.hpp"
 #include "runtime/dispatch_plan.hpp"
+#include "runtime/local_failure.hpp"
 #include "runtime/permute.hpp"
 #include "runtime/router.hpp"
 #include "tests/reference/reference_internal.hpp"
@@ -352,6 +354,47 @@ TEST_CASE("permute and combine ops match the host functions bit for bit and the 
     CHECK(dx == dx_host);
     CHECK(relative_error(dx, dx_ref) <= 1e-6);
   }
+}
+
+TEST_CASE("the padded exchange's padding rows are zeroed as the host does it", "[device-host][permute]") {
+  PlannedCase p = planned_case("tight_capacity");
+  DispatchPlan& plan = p.plan;
+  // Padded to more slots than any expert keeps, so every list has padding rows.
+  const std::int64_t slots = *std::max_element(plan.kept.begin(), plan.kept.end()) + 2;
+  build_plan(p.config, 2, 0, p.routing.expert, p.tokens, 1, slots, {}, plan);
+  const std::int64_t width = p.config.d_model, rows = plan.num_send_rows();
+  REQUIRE(std::count(plan.send_token.begin(), plan.send_token.end(), -1) >= 2 * p.config.num_experts);
+  std::vector<float> send = random_values(static_cast<std::size_t>(rows * width), 4), send_host = send;
+  const std::vector<float> before = send;
+  device::launch_host(rows * width, device::ZeroPaddingRowsOp{width, plan.send_token.data(), send.data()});
+  zero_padding_rows(plan, fp32_rows(send_host, width));
+  CHECK(send == send_host);
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const auto first = static_cast<std::size_t>(r * width);
+    const bool padding = plan.send_token[static_cast<std::size_t>(r)] < 0;
+    for (std::int64_t c = 0; c < width; ++c) {
+      CHECK(send[first + static_cast<std::size_t>(c)] == (padding ? 0.0f : before[first + static_cast<std::size_t>(c)]));
+    }
+  }
+}
+
+TEST_CASE("the check_finite op finds each row's first non-finite value, as first_non_finite reads it",
+          "[device-host][permute]") {
+  const std::int64_t rows = 5, width = 7;
+  std::vector<float> x = random_values(static_cast<std::size_t>(rows * width), 5);
+  std::vector<std::int64_t> column(static_cast<std::size_t>(rows), 99);
+  const auto scan = [&] { device::launch_host(rows, device::FirstNonFiniteOp{width, x.data(), column.data()}); };
+  scan();
+  CHECK(column == std::vector<std::int64_t>(static_cast<std::size_t>(rows), -1));
+  CHECK(first_non_finite("input", x, width).empty());
+  // Row 3 has an infinity after a NaN, row 1 an infinity in its last column.
+  x[static_cast<std::size_t>(3 * width + 2)] = std::nanf("");
+  x[static_cast<std::size_t>(3 * width + 5)] = std::numeric_limits<float>::infinity();
+  x[static_cast<std::size_t>(1 * width + 6)] = -std::numeric_limits<float>::infinity();
+  scan();
+  CHECK(column == std::vector<std::int64_t>{-1, 6, -1, 2, -1});
+  CHECK(first_non_finite("input", x, width) == non_finite_message("input", 1, 6, x[static_cast<std::size_t>(width + 6)]));
+  CHECK(non_finite_message("input", 3, 2, std::nanf("")) == "input row 3 column 2 is NaN (check_finite is on)");
 }
 
 namespace {
