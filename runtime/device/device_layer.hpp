@@ -9,10 +9,11 @@
 // Where the work happens: tensors, parameters, gradients and the workspace live in the backend's
 // memory space and grow to the largest batch, then are reused (no allocation on the hot path);
 // the router's choices come to the host, which builds the dispatch plan (runtime/dispatch_plan.hpp)
-// and exchanges the counts over the host `control` communicator (the MPI communicator NCCL was
-// bootstrapped from); the plan's row maps go back to the space and the rows move over the
-// backend's communicator, chunk by chunk: the packing of chunk c+1's exchange and the experts of
-// chunk c are ordered only by events, so on a GPU they overlap.
+// and exchanges the counts over the host `control` communicator (on a GPU the NCCL communicator
+// itself, staged through device memory by CudaBackend::control(): MPI only bootstraps NCCL); the
+// plan's row maps go back to the space and the rows move over the backend's communicator, chunk
+// by chunk: the packing of chunk c+1's exchange and the experts of chunk c are ordered only by
+// events, so on a GPU they overlap.
 //
 // Not supported (refused at construction, on every rank): exchange padded or hierarchical, bf16
 // wire or compute, overlap_chunks auto, check_finite. A forward's context is kept inside the
