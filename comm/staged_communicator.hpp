@@ -53,8 +53,6 @@ class StagedCommunicator final : public Communicator {
   // Owns `device` (what split() returns). Throws std::invalid_argument for a null argument.
   StagedCommunicator(std::unique_ptr<DeviceCommunicator> device, std::unique_ptr<StagingMemory> staging);
 
-  DeviceCommunicator& device() const noexcept { return device_; }
-
   int rank() const override { return device_.rank(); }
   int size() const override { return device_.size(); }
   const std::string& host() const override { return device_.host(); }

@@ -29,6 +29,22 @@ void remove_region(const std::byte* data) {
   std::erase_if(regions, [&](const Region& r) { return r.data == data; });
 }
 
+// Compared as addresses: `data` may belong to no region at all.
+bool inside(const std::byte* first, std::size_t size, const void* data, std::size_t bytes) {
+  const auto at = reinterpret_cast<std::uintptr_t>(data);
+  const auto begin = reinterpret_cast<std::uintptr_t>(first);
+  return at >= begin && at - begin <= size && bytes <= size - (at - begin);
+}
+
+// True when [data, data + bytes) lies inside staging memory of a live HostStagingMemory; always
+// true for 0 bytes (nothing is read or written).
+bool is_staged_memory(const void* data, std::size_t bytes) {
+  if (bytes == 0) return true;
+  const std::lock_guard lock(regions_mutex);
+  return std::any_of(regions.begin(), regions.end(),
+                     [&](const Region& r) { return inside(r.data, r.bytes, data, bytes); });
+}
+
 void require_staged(const void* data, std::size_t bytes, const char* what) {
   if (!is_staged_memory(data, bytes)) {
     throw std::logic_error(std::string("HostAsDeviceCommunicator::") + what +
@@ -37,25 +53,11 @@ void require_staged(const void* data, std::size_t bytes, const char* what) {
   }
 }
 
-// Compared as addresses: `data` may belong to no region at all.
-bool inside(const std::byte* first, std::size_t size, const void* data, std::size_t bytes) {
-  const auto at = reinterpret_cast<std::uintptr_t>(data);
-  const auto begin = reinterpret_cast<std::uintptr_t>(first);
-  return at >= begin && at - begin <= size && bytes <= size - (at - begin);
-}
-
 std::size_t total(std::span<const std::size_t> bytes) {
   return std::accumulate(bytes.begin(), bytes.end(), std::size_t{0});
 }
 
 }  // namespace
-
-bool is_staged_memory(const void* data, std::size_t bytes) {
-  if (bytes == 0) return true;
-  const std::lock_guard lock(regions_mutex);
-  return std::any_of(regions.begin(), regions.end(),
-                     [&](const Region& r) { return inside(r.data, r.bytes, data, bytes); });
-}
 
 HostStagingMemory::~HostStagingMemory() {
   if (!data_.empty()) remove_region(data_.data());

@@ -19,10 +19,6 @@
 
 namespace moe::test {
 
-// True when [data, data + bytes) lies inside staging memory of a live HostStagingMemory; always
-// true for 0 bytes (nothing is read or written).
-bool is_staged_memory(const void* data, std::size_t bytes);
-
 class HostStagingMemory final : public comm::StagingMemory {
  public:
   HostStagingMemory() = default;
