@@ -8,12 +8,15 @@
 #include <string>
 #include <thread>
 
+#include "comm/device_scope.hpp"
 #include "comm/mpi_check.hpp"
 #include "comm/nccl_check.hpp"
 #include "comm/nccl_wait_state.hpp"
 
 namespace moe::comm {
 namespace {
+
+using detail::DeviceScope;
 
 ncclRedOp_t to_nccl(ReduceOp op) {
   switch (op) {
@@ -23,22 +26,6 @@ ncclRedOp_t to_nccl(ReduceOp op) {
   }
   throw std::invalid_argument("moe::comm: unknown ReduceOp");
 }
-
-// Makes the communicator's device current for one call and restores the caller's afterwards:
-// NCCL and the stream belong to that device, and the caller's choice must not change under it.
-class DeviceScope {
- public:
-  explicit DeviceScope(int device) {
-    MOE_CHECK_CUDA(cudaGetDevice(&previous_));
-    if (previous_ != device) MOE_CHECK_CUDA(cudaSetDevice(device));
-  }
-  ~DeviceScope() { cudaSetDevice(previous_); }
-  DeviceScope(const DeviceScope&) = delete;
-  DeviceScope& operator=(const DeviceScope&) = delete;
-
- private:
-  int previous_ = 0;
-};
 
 using Clock = std::chrono::steady_clock;
 

@@ -3,10 +3,13 @@
 #include <stdexcept>
 #include <string>
 
+#include "comm/cuda_staging_memory.hpp"
+
 namespace moe::device {
 
 CudaBackend::CudaBackend(comm::MpiCommunicator& mpi)
     : nccl_(std::make_unique<comm::NcclCommunicator>(mpi)),
+      control_(*nccl_, std::make_unique<comm::CudaStagingMemory>(nccl_->device())),
       streams_(nccl_->stream()),
       exchange_(*nccl_, streams_),
       gemm_(streams_.compute()) {}

@@ -2,7 +2,9 @@
 // on the compute stream (experts/device/launch_device.hpp), the expert GEMMs on cuBLAS's grouped
 // GEMM (experts/cuda/cublas_grouped_gemm.hpp) on the same stream, and the chunk exchanges over
 // NCCL on the communication stream (runtime/device/device_exchange.hpp), ordered against the
-// compute stream by OverlapStreams' events. MPI only bootstraps NCCL.
+// compute stream by OverlapStreams' events. The layer's control traffic (counts, error agreement,
+// statistics) goes over the same NCCL communicator, staged through device memory (control()).
+// MPI only bootstraps NCCL.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -14,6 +16,7 @@
 
 #include "comm/mpi_communicator.hpp"
 #include "comm/nccl_communicator.hpp"
+#include "comm/staged_communicator.hpp"
 #include "experts/cuda/cublas_grouped_gemm.hpp"
 #include "experts/device/launch_device.hpp"
 #include "runtime/device/device_buffer.hpp"
@@ -38,13 +41,17 @@ class CudaBackend {
   };
 
   // Collective over `mpi`: the NCCL communicator (on the current CUDA device), the streams, the
-  // cuBLAS handle. Throws CommError or std::runtime_error naming the failed call.
+  // cuBLAS handle. `mpi` carries NCCL's unique id and is not used afterwards. Throws CommError or
+  // std::runtime_error naming the failed call.
   explicit CudaBackend(comm::MpiCommunicator& mpi);
   ~CudaBackend();
   CudaBackend(const CudaBackend&) = delete;
   CudaBackend& operator=(const CudaBackend&) = delete;
 
   comm::NcclCommunicator& nccl() { return *nccl_; }
+  // The layer's host `control` communicator: nccl() with its operations staged through device
+  // memory (comm/staged_communicator.hpp), so the counts travel by NCCL like the rows.
+  comm::Communicator& control() { return control_; }
 
   template <IndexOp Op>
   void launch(std::int64_t n, const Op& op) {
@@ -87,6 +94,7 @@ class CudaBackend {
   void fill_zero(void* to, std::size_t bytes);
 
   std::unique_ptr<comm::NcclCommunicator> nccl_;
+  comm::StagedCommunicator control_;  // over *nccl_, so declared after it
   OverlapStreams streams_;
   DeviceExchange exchange_;
   experts::CublasGroupedGemm gemm_;

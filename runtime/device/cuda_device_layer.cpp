@@ -2,6 +2,7 @@
 #include <cuda_runtime_api.h>
 
 #include <string>
+#include <utility>
 
 #include "runtime/device/cuda_backend.hpp"
 #include "runtime/device/device_layer_impl.hpp"
@@ -28,8 +29,10 @@ void select_cuda_device(int local_rank) {
 
 std::unique_ptr<DeviceSession> make_cuda_session(comm::MpiCommunicator& mpi, const MoeConfig& config,
                                                  const LayerParameters& parameters) {
-  return std::make_unique<BackendSession<CudaBackend>>(std::make_unique<CudaBackend>(mpi), mpi, config,
-                                                       parameters);
+  auto backend = std::make_unique<CudaBackend>(mpi);
+  // The control communicator lives in the backend, which the session owns: taken before the move.
+  comm::Communicator& control = backend->control();
+  return std::make_unique<BackendSession<CudaBackend>>(std::move(backend), control, config, parameters);
 }
 
 }  // namespace moe::device

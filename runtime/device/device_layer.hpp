@@ -10,10 +10,11 @@
 // memory space and grow to the largest batch, then are reused (no allocation on the hot path);
 // the router's choices come to the host, where the dispatch plan is made and agreed by the same
 // code as the Dispatcher's (runtime/plan_agreement.hpp: capacity and drops, the count exchange or
-// the padded slot count, errors raised by every rank) over the host `control` communicator (the
-// MPI communicator NCCL was bootstrapped from); the plan's row maps go back to the space and the
-// rows move over the backend's communicator, chunk by chunk: the packing of chunk c+1's exchange
-// and the experts of chunk c are ordered only by events, so on a GPU they overlap.
+// the padded slot count, errors raised by every rank) over the host `control` communicator (on a
+// GPU the NCCL communicator itself, staged through device memory by CudaBackend::control(): MPI
+// only bootstraps NCCL); the plan's row maps go back to the space and the rows move over the
+// backend's communicator, chunk by chunk: the packing of chunk c+1's exchange and the experts of
+// chunk c are ordered only by events, so on a GPU they overlap.
 //
 // Runs the variable and padded exchanges and check_finite (the input, the routing weights and the
 // output gradient, with MoeLayer's errors). Not supported (refused at construction, on every

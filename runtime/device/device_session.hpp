@@ -41,8 +41,10 @@ std::unique_ptr<DeviceSession> make_host_session(comm::Communicator& comm, const
 // moe::collectively, so every rank reports alike.
 void select_cuda_device(int local_rank);
 
-// Collective over `mpi` (after select_cuda_device): the device layer on the CUDA backend, NCCL
-// bootstrapped from `mpi`, which also carries the plan's counts.
+// Collective over `mpi` (after select_cuda_device): the device layer on the CUDA backend. `mpi`
+// only bootstraps NCCL (it carries the unique id); the rows and the layer's control traffic (the
+// plan's counts, error agreement, statistics) all go over NCCL, the control traffic staged through
+// device memory (CudaBackend::control()), so no MPI call happens once the session is built.
 std::unique_ptr<DeviceSession> make_cuda_session(comm::MpiCommunicator& mpi, const MoeConfig& config,
                                                  const LayerParameters& parameters);
 

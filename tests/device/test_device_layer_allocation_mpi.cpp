@@ -1,7 +1,8 @@
 // After the first call of a shape, the device layer's forward and backward on the host backend
 // allocate no heap memory: its workspace (runtime/device/device_layer.hpp) has grown and is
 // reused. Counted like MoeLayer's (tests/runtime/test_no_allocation_mpi.cpp): moe-ep's own code
-// must allocate nothing; oneDNN's packing buffers are checked where its kernels allow it.
+// must allocate nothing; oneDNN's packing buffers are checked where its kernels allow it. Also with
+// the control traffic staged as the CUDA session stages it (StagedCommunicator).
 #include <catch2/catch.hpp>
 
 #include <cstdint>
@@ -13,19 +14,23 @@
 #include "runtime/device/device_layer.hpp"
 #include "runtime/device/host_backend.hpp"
 #include "runtime/initialization.hpp"
+#include "tests/comm/staged_world.hpp"
 #include "tests/experts/allocation_counter.hpp"
 
 TEST_CASE("the device layer's steady-state forward and backward allocate nothing", "[device][allocation]") {
   using namespace moe;
   auto world = comm::MpiCommunicator::world();
+  comm::test::StagedWorld staged;
   struct Setting {
     const char* name;
     std::int64_t chunks;
     std::int64_t shared_hidden;
     GateKind gate;
+    bool staged_control;
   };
-  for (const Setting& s : {Setting{"plain", 1, 0, GateKind::softmax},
-                           Setting{"chunks=3,shared expert,sigmoid", 3, 48, GateKind::sigmoid}}) {
+  for (const Setting& s : {Setting{"plain", 1, 0, GateKind::softmax, false},
+                           Setting{"chunks=3,shared expert,sigmoid", 3, 48, GateKind::sigmoid, false},
+                           Setting{"chunks=3,control staged", 3, 0, GateKind::softmax, true}}) {
     DYNAMIC_SECTION(s.name) {
       MoeConfig config;
       config.num_experts = 4 * world->size();
@@ -45,7 +50,8 @@ TEST_CASE("the device layer's steady-state forward and backward allocate nothing
         }
       }
       device::HostBackend backend(*world);
-      device::DeviceLayer<device::HostBackend> layer(config, *world, backend);
+      comm::Communicator& control = s.staged_control ? static_cast<comm::Communicator&>(*staged.comm) : *world;
+      device::DeviceLayer<device::HostBackend> layer(config, control, backend);
       layer.load(parameters);
       const std::int64_t tokens = 200 + 37 * world->rank();
       std::vector<float> x(static_cast<std::size_t>(tokens * config.d_model));

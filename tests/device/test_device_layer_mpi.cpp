@@ -4,9 +4,11 @@
 // standard case, with one chunk and with three, over the variable and the padded exchange (the
 // latter with check_finite on); against MoeLayer on a few; bitwise reproducible; a reused layer
 // equals a fresh one; refused options; check_finite's and a configuration mismatch's errors, the
-// same on every rank as MoeLayer's. Only CHECK after the first collective.
+// same on every rank as MoeLayer's; bit for bit the same with the control traffic staged as the
+// CUDA session stages it. Only CHECK after the first collective.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <memory>
@@ -18,6 +20,7 @@
 #include "runtime/device/host_backend.hpp"
 #include "runtime/error.hpp"
 #include "runtime/layer_case.hpp"
+#include "tests/comm/staged_world.hpp"
 #include "tests/support/case_bridge.hpp"
 #include "tests/support/layer_run.hpp"
 
@@ -64,10 +67,16 @@ DeviceRun run_on(HostLayer& layer, comm::Communicator& comm, const LayerCase& lc
   return run;
 }
 
-DeviceRun run_device(comm::Communicator& comm, const LayerCase& lc, const MoeConfig& config) {
+// The rows over `comm`, the counts and the layer's other control traffic over `control`.
+DeviceRun run_device(comm::Communicator& comm, comm::Communicator& control, const LayerCase& lc,
+                     const MoeConfig& config) {
   device::HostBackend backend(comm);
-  HostLayer layer(config, comm, backend);
+  HostLayer layer(config, control, backend);
   return run_on(layer, comm, lc);
+}
+
+DeviceRun run_device(comm::Communicator& comm, const LayerCase& lc, const MoeConfig& config) {
+  return run_device(comm, comm, lc, config);
 }
 
 double group_error(comm::Communicator& comm, std::span<const float> actual, std::span<const double> expected) {
@@ -199,6 +208,61 @@ TEST_CASE("the device layer is bitwise reproducible, and a reused layer equals a
     CHECK(reused.grads.gate_weight == fresh.grads.gate_weight);
     CHECK(reused.result.aux_loss == fresh.result.aux_loss);
   }
+}
+
+TEST_CASE("the device layer's results are bit for bit the same with its control traffic staged", "[device][layer][staged]") {
+  // The CUDA session's arrangement (runtime/device/device_session.hpp), here with host memory as
+  // the device's: the layer's control communicator is a StagedCommunicator over the device
+  // communicator the rows could use, so counts, error agreement and statistics go through staging.
+  auto world = comm::MpiCommunicator::world();
+  comm::test::StagedWorld staged;
+  const auto same = [](std::span<const float> a, std::span<const float> b) { return std::ranges::equal(a, b); };
+  for (const auto& named : test::standard_cases(world->size())) {
+    const LayerCase lc = layer_case_from_file(test::to_case_file(ref::make_case(named.spec)), named.name);
+    // One section per case, the chunk counts inside it: Catch2 reruns the loop above per section.
+    DYNAMIC_SECTION(named.name) {
+      for (std::int64_t chunks : {1, 3}) {
+        INFO(chunks << " chunks");
+        MoeConfig config = lc.config;
+        config.overlap_chunks = chunks;
+        const DeviceRun direct = run_device(*world, lc, config);
+        const DeviceRun via = run_device(*world, *staged.comm, lc, config);
+        // Bitwise: no NaN can appear here, so == is bit equality.
+        CHECK(via.y == direct.y);
+        CHECK(via.dx == direct.dx);
+        CHECK(via.bias == direct.bias);
+        CHECK(via.result.aux_loss == direct.result.aux_loss);
+        CHECK(via.result.z_loss == direct.result.z_loss);
+        const ForwardStats& a = via.result.stats;
+        const ForwardStats& b = direct.result.stats;
+        CHECK(a.total_tokens == b.total_tokens);
+        CHECK(a.expert_counts == b.expert_counts);
+        CHECK(a.expert_kept == b.expert_kept);
+        CHECK(a.dropped_assignments == b.dropped_assignments);
+        CHECK(a.dropped_tokens == b.dropped_tokens);
+        CHECK(a.bytes_sent == b.bytes_sent);
+        CHECK(a.bytes_received == b.bytes_received);
+        CHECK(a.rows_to_peer == b.rows_to_peer);
+        CHECK(a.rows_from_peer == b.rows_from_peer);
+        CHECK(a.load_max_over_mean == b.load_max_over_mean);
+        CHECK(a.load_min == b.load_min);
+        CHECK(a.load_std == b.load_std);
+        CHECK(via.grads.gate_weight == direct.grads.gate_weight);
+        for (auto name : experts::expert_param_names(lc.config.activation)) {
+          for (std::int64_t e = 0; e < direct.grads.experts.num_experts(); ++e) {
+            INFO("expert " << e << " " << name);
+            CHECK(same(via.grads.experts.param(e, name), direct.grads.experts.param(e, name)));
+          }
+          if (direct.grads.shared_expert.num_experts() == 1) {
+            INFO("shared expert " << name);
+            CHECK(same(via.grads.shared_expert.param(0, name), direct.grads.shared_expert.param(0, name)));
+          }
+        }
+      }
+    }
+  }
+  // The staged run did use its staging memory (a layer that bypassed `control` would not).
+  CHECK(staged.staging->allocations() > 0);
 }
 
 TEST_CASE("the device layer refuses what it does not run, on every rank alike", "[device][layer][errors]") {
