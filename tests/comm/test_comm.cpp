@@ -16,6 +16,7 @@
 #include "comm/mpi_check.hpp"
 #include "comm/mpi_communicator.hpp"
 #include "tests/comm/pattern.hpp"
+#include "tests/comm/world_ids.hpp"
 
 namespace {
 
@@ -26,15 +27,11 @@ using moe::comm::ReduceOp;
 using moe::comm::test::fill_block;
 using moe::comm::test::first_mismatch;
 using moe::comm::test::mix64;
+using moe::comm::test::world_ids;
+using moe::comm::test::world_rank;
 
 constexpr auto guard_byte = std::byte{0xAB};
 constexpr std::size_t guard_bytes = 64;
-
-int world_rank() {
-  int rank = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  return rank;
-}
 
 int world_size() {
   int size = 0;
@@ -51,16 +48,6 @@ std::size_t uneven_count(int src, int dst, int salt, std::size_t max_bytes) {
                                 static_cast<std::uint64_t>(salt));
   if (h % 4 == 0) return 0;
   return static_cast<std::size_t>(h % max_bytes) + 1;
-}
-
-// World rank of every rank of `comm`, in comm order: the identity used in payload patterns, so a
-// block that leaked across split groups would not match.
-std::vector<int> world_ids(Communicator& comm) {
-  const int mine = world_rank();
-  std::vector<int> ids(static_cast<std::size_t>(comm.size()));
-  comm.allgather(reinterpret_cast<const std::byte*>(&mine), reinterpret_cast<std::byte*>(ids.data()),
-                 sizeof(int));
-  return ids;
 }
 
 // Runs one alltoallv with per-peer byte counts count(src_comm_rank, dst_comm_rank) and checks

@@ -19,6 +19,7 @@
 #include "comm/mpi_communicator.hpp"
 #include "comm/simulated_link.hpp"
 #include "tests/comm/pattern.hpp"
+#include "tests/comm/world_ids.hpp"
 
 namespace {
 
@@ -30,6 +31,7 @@ using moe::comm::SimulatedLinkCommunicator;
 using moe::comm::test::fill_block;
 using moe::comm::test::first_mismatch;
 using moe::comm::test::mix64;
+using moe::comm::test::world_ids;
 using Clock = std::chrono::steady_clock;
 
 // Per-peer byte counts of one alltoallv: sends[p] goes to p, recvs[q] comes from q.
@@ -78,15 +80,6 @@ bool pattern_ok(const Communicator& comm, const Counts& c, const std::vector<int
     offset += c.recvs[q];
   }
   return true;
-}
-
-std::vector<int> world_ids(Communicator& comm) {
-  int mine = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &mine);
-  std::vector<int> ids(static_cast<std::size_t>(comm.size()));
-  comm.allgather(reinterpret_cast<const std::byte*>(&mine), reinterpret_cast<std::byte*>(ids.data()),
-                 sizeof(int));
-  return ids;
 }
 
 std::size_t uneven_count(int src, int dst, int salt) {

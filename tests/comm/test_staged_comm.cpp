@@ -13,6 +13,7 @@
 
 #include "tests/comm/pattern.hpp"
 #include "tests/comm/staged_world.hpp"
+#include "tests/comm/world_ids.hpp"
 
 namespace {
 
@@ -21,26 +22,12 @@ using moe::comm::ReduceOp;
 using moe::comm::test::fill_block;
 using moe::comm::test::first_mismatch;
 using moe::comm::test::mix64;
+using moe::comm::test::world_ids;
+using moe::comm::test::world_rank;
 using moe::comm::test::StagedWorld;
 
 constexpr auto guard_byte = std::byte{0xAB};
 constexpr std::size_t guard_bytes = 32;
-
-int world_rank() {
-  int rank = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  return rank;
-}
-
-// World rank of every rank of `comm`, in comm order (gathered through `comm` itself): the
-// identities in the payload patterns, so a block that leaked across split groups would not match.
-std::vector<int> world_ids(Communicator& comm) {
-  const int mine = world_rank();
-  std::vector<int> ids(static_cast<std::size_t>(comm.size()));
-  comm.allgather(reinterpret_cast<const std::byte*>(&mine), reinterpret_cast<std::byte*>(ids.data()),
-                 sizeof(int));
-  return ids;
-}
 
 // Uneven per-peer sizes, about one block in four empty; with `salt` even, rank 1 sends nothing.
 std::size_t uneven_count(int src, int dst, int salt) {
