@@ -69,6 +69,7 @@ nlohmann::json measure_device(comm::MpiCommunicator& world, const MoeConfig& con
   j["ranks"] = world.size();
   j["tokens_per_rank"] = o.tokens;
   j["config"] = config.summary();
+  j["chunks"] = session->chunks();  // with overlap_chunks = auto, what the first forward chose
   j["iters"] = o.iters;
   j["fwd_ms"] = median_ms(forward);
   j["bwd_ms"] = median_ms(backward);
@@ -83,9 +84,10 @@ nlohmann::json measure_device(comm::MpiCommunicator& world, const MoeConfig& con
 }
 
 void print_device_table(const nlohmann::json& j) {
-  std::printf("moe-bench: device layer on %s, %d ranks x %lld tokens, %s\n", j["device"].get<std::string>().c_str(),
-              j["ranks"].get<int>(), static_cast<long long>(j["tokens_per_rank"].get<std::int64_t>()),
-              j["config"].get<std::string>().c_str());
+  std::printf("moe-bench: device layer on %s, %d ranks x %lld tokens, %s, chunks used %d\n",
+              j["device"].get<std::string>().c_str(), j["ranks"].get<int>(),
+              static_cast<long long>(j["tokens_per_rank"].get<std::int64_t>()), j["config"].get<std::string>().c_str(),
+              j["chunks"].get<int>());
   std::printf("routing: %lld tokens, %lld assignments dropped; aux_loss %.6g\n",
               static_cast<long long>(j["total_tokens"].get<std::int64_t>()),
               static_cast<long long>(j["dropped_assignments"].get<std::int64_t>()), j["aux_loss"].get<double>());

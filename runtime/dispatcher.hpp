@@ -176,7 +176,6 @@ class Dispatcher {
   void set_phase(const char* phase);
   void start_worker();
   void reduce_statistics(DispatchContext& ctx, double exchange_seconds, std::span<double> group_sums);
-  void choose_auto_chunks(double exchange_seconds, double compute_seconds, const ForwardStats& stats);
   comm::InterNodeTraffic internode_traffic(const DispatchContext& ctx) const;
   WireRows wire(std::byte* data) const { return {data, config_.d_model, config_.wire_format()}; }
   std::size_t wire_row_bytes() const;

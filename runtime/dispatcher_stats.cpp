@@ -1,9 +1,10 @@
 // The statistics of one forward (SPEC.md section 10), gathered in one allgather that can also carry
 // the caller's own partial sums (the layer's loss terms), and the automatic chunk count chosen from
-// the first call's timings.
+// the first call's timings (runtime/auto_chunks.hpp).
 #include <algorithm>
-#include <cmath>
+#include <vector>
 
+#include "runtime/auto_chunks.hpp"
 #include "runtime/dispatcher.hpp"
 
 namespace moe {
@@ -87,43 +88,23 @@ void Dispatcher::reduce_statistics(DispatchContext& ctx, double exchange_seconds
   stats.set_load_spread();
 
   if (auto_pending_) {
-    // Every rank decides from the same gathered numbers, so all choose the same chunk count.
-    double exchange = 1e30, dispatch = 1e30, back = 1e30, compute = 0;
+    // Chosen once, from the first call's gathered numbers (the same on every rank).
+    auto_pending_ = false;
+    std::vector<ChunkTimings> ranks(static_cast<std::size_t>(p_size));
     for (int r = 0; r < p_size; ++r) {
       const double* s = stat_all_.data() + r * width + scalars_at;
-      exchange = std::min(exchange, s[exchange_s]);  // the rank that waited least: pure transfer
-      dispatch = std::min(dispatch, s[dispatch_s]);
-      back = std::min(back, s[return_s]);
-      compute = std::max(compute, s[experts_s]);
+      ranks[static_cast<std::size_t>(r)] = {.exchange = s[exchange_s], .dispatch = s[dispatch_s],
+                                            .back = s[return_s], .experts = s[experts_s]};
     }
-    // One chunk on this thread times the two exchanges apart. Each has a rank that arrived last
-    // and so waited for nobody; but the rank that waited least in both together still waited in
-    // the return for its slowest peer's experts. The least of each, summed, is the transfer.
-    if (!worker_ && !hierarchical_) exchange = std::min(exchange, dispatch + back);
-    choose_auto_chunks(exchange, compute, stats);
-  }
-}
-
-// Pipelining C chunks costs about max(X, K) + min(X, K)/C + 2·C·λ for exchange time X, compute
-// time K and fixed cost λ of one exchange; the best C is near sqrt(min(X, K) / (2λ)). Chunks are
-// kept at 256 rows per expert GEMM or more, where the GEMMs still run near their peak. Chosen
-// once, from the first call; a later run may choose differently when its timings differ, so a run
-// that must be bitwise reproducible across runs sets a number.
-void Dispatcher::choose_auto_chunks(double exchange, double compute, const ForwardStats& stats) {
-  auto_pending_ = false;
-  const double hidden = std::min(exchange, compute), longest = std::max(exchange, compute);
-  int chunks = 1;
-  if (hidden > 0.05 * longest) {
-    const double best = std::sqrt(hidden / (2.0 * std::max(empty_exchange_seconds_, 1e-6)));
     std::int64_t kept = 0;
     for (auto n : stats.expert_kept) kept += n;
-    const double rows_per_expert = static_cast<double>(kept) / static_cast<double>(config_.num_experts);
-    const double local = static_cast<double>((config_.num_experts + ep_size() - 1) / ep_size());
-    const double most = std::clamp(local * std::floor(rows_per_expert / 256.0), 1.0, 16.0);
-    chunks = static_cast<int>(std::clamp(std::round(best), 1.0, most));
+    // One chunk on this thread times the two exchanges apart; on the communication thread (or
+    // the hierarchical exchange) the exchange phases are waits, not transfers.
+    chunks_ = choose_auto_chunks({.ranks = ranks, .exchanges_timed_apart = !worker_ && !hierarchical_,
+                                  .empty_exchange_seconds = empty_exchange_seconds_, .kept_rows = kept,
+                                  .num_experts = num_experts, .group_size = p_size});
+    if (chunks_ > 1 && !worker_) start_worker();
   }
-  chunks_ = chunks;
-  if (chunks_ > 1 && !worker_) start_worker();
 }
 
 }  // namespace moe

@@ -87,6 +87,9 @@ class CudaBackend {
                std::size_t row_bytes) {
     exchange_.combine(plan, c, recv, back, row_bytes);
   }
+  void reserve_marks(int n) { streams_.reserve_marks(n); }
+  void mark(Lane lane, int i) { streams_.mark(lane == Lane::compute ? streams_.compute() : streams_.comm(), i); }
+  double seconds(int from, int to) { return streams_.seconds(from, to); }
 
  private:
   static void check(cudaError_t code, const char* what);

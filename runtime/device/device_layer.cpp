@@ -9,7 +9,6 @@ std::string device_layer_problem(const MoeConfig& config) {
   if (config.compute != experts::Compute::fp32 || config.wire_format() != WireFormat::fp32) {
     return "computes and exchanges fp32 only (set compute=fp32 and wire=fp32)";
   }
-  if (config.overlap_chunks == 0) return "takes a fixed overlap_chunks (not auto)";
   return {};
 }
 

@@ -16,10 +16,16 @@
 // backend's communicator, chunk by chunk: the packing of chunk c+1's exchange and the experts of
 // chunk c are ordered only by events, so on a GPU they overlap.
 //
+// overlap_chunks = auto decides as the Dispatcher does (runtime/auto_chunks.hpp): λ, an empty
+// exchange's cost, is measured at construction; the first forward runs one chunk and times its
+// exchanges and experts with the backend's marks (on a GPU, events on the two streams: device
+// times, not host clocks around asynchronous launches); the times travel in the statistics'
+// allgather, so every rank chooses the same count, which applies from the next plan (chunks()).
+//
 // Runs the variable and padded exchanges and check_finite (the input, the routing weights and the
 // output gradient, with MoeLayer's errors). Not supported (refused at construction, on every
-// rank): exchange hierarchical, bf16 wire or compute, overlap_chunks auto. A forward's context is
-// kept inside the layer: backward walks back the last forward.
+// rank): exchange hierarchical, bf16 wire or compute. A forward's context is kept inside the
+// layer: backward walks back the last forward.
 #pragma once
 
 #include <array>
@@ -29,6 +35,7 @@
 #include <vector>
 
 #include "comm/communicator.hpp"
+#include "runtime/auto_chunks.hpp"
 #include "runtime/config.hpp"
 #include "runtime/device/expert_ffn.hpp"
 #include "runtime/device/layer_backend.hpp"
@@ -57,6 +64,9 @@ class DeviceLayer {
 
   const MoeConfig& config() const { return config_; }
   std::int64_t local_experts() const { return experts_.num_experts; }
+  // Chunks the next plan will use: overlap_chunks, or what `auto` chose after the first forward
+  // (1 until then), the same on every rank.
+  int chunks() const { return chunks_; }
 
   // Copies the parameters to the space (shapes as zero_parameters gives).
   void load(const LayerParameters& host);
@@ -89,7 +99,10 @@ class DeviceLayer {
   void reserve_rows();
   // Out, work on each chunk as it arrives, back: the chunked exchange of the pass.
   template <class Work, class InFlight>
-  void run_pipeline(std::byte* send, std::byte* back, Work&& work, InFlight&& in_flight);
+  void run_pipeline(std::byte* send, std::byte* back, Work&& work, InFlight&& in_flight, bool timed);
+  // overlap_chunks = auto: λ at construction (collective), the timed forward's seconds.
+  void measure_empty_exchange();
+  ChunkTimings timed_seconds();
   void expert_forward(int c);
   void expert_backward(int c);
   void reduce_statistics();
@@ -136,6 +149,9 @@ class DeviceLayer {
   // Host workspace of the control path.
   std::vector<double> stat_local_, stat_all_, group_prob_sum_;
   bool forwarded_ = false;  // a forward has filled the context backward walks back
+  int chunks_ = 1;
+  bool auto_pending_ = false;  // overlap_chunks is auto and the count not yet chosen
+  double empty_exchange_seconds_ = 0;
   std::array<std::int64_t, 2> shared_offsets_{};
 };
 

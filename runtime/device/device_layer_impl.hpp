@@ -6,6 +6,7 @@
 #include <new>
 #include <stdexcept>
 
+#include "runtime/auto_chunks.hpp"
 #include "runtime/device/device_layer.hpp"
 #include "runtime/device/expert_row_map.hpp"
 #include "runtime/device/permute_ops.hpp"
@@ -15,6 +16,11 @@
 
 namespace moe::device {
 namespace layer_detail {
+
+// The backend's timing marks in the forward that overlap_chunks = auto times (run_pipeline, one
+// chunk); the empty exchanges at construction reuse the first two.
+enum Mark : int { packed_mark, dispatch_start, dispatch_end, experts_start, experts_end, return_start,
+                  return_end, num_marks };
 
 template <class Buffer>
 std::byte* bytes(const Buffer& b) {
@@ -101,9 +107,40 @@ DeviceLayer<Backend>::DeviceLayer(const MoeConfig& config, comm::Communicator& c
   const std::int64_t shared = config_.has_shared_expert() ? 1 : 0;
   for (auto* p : {&experts_, &expert_grads_}) layer_detail::shape(*p, local, d, config_.d_hidden, config_.activation);
   for (auto* p : {&shared_, &shared_grads_}) layer_detail::shape(*p, shared, d, config_.d_shared_hidden, config_.activation);
-  backend_.reserve_chunks(static_cast<int>(config_.overlap_chunks));
+  // With auto, the first forward runs one chunk and times it; the count chosen applies next.
+  auto_pending_ = config_.overlap_chunks == 0;
+  chunks_ = auto_pending_ ? 1 : static_cast<int>(config_.overlap_chunks);
+  backend_.reserve_chunks(chunks_);
   load(zero_parameters(config_, rank_, size_));
   zero_grad();
+  if (auto_pending_) measure_empty_exchange();
+}
+
+// overlap_chunks = auto: the fixed cost λ of one exchange, which every extra chunk pays twice.
+// Timed on the compute lane from before the empty exchange to the compute's resuming after its
+// arrival, as a chunk adds it to the pipeline (on a GPU NCCL posts nothing for an empty exchange,
+// so the communication stream alone would see no time). The best of a few, the slowest rank's:
+// the same on every rank.
+template <LayerBackend Backend>
+void DeviceLayer<Backend>::measure_empty_exchange() {
+  using layer_detail::Mark;
+  backend_.reserve_marks(Mark::num_marks);
+  backend_.synchronize();  // the parameters' copies are not part of it
+  DispatchPlan empty;
+  empty.ep_size = size_;
+  empty.send_offsets.assign(static_cast<std::size_t>(size_) + 1, 0);
+  empty.recv_offsets.assign(static_cast<std::size_t>(size_) + 1, 0);
+  double best = 1e30;
+  for (int i = 0; i < 5; ++i) {
+    backend_.mark(Lane::compute, Mark::packed_mark);
+    backend_.packed(0);
+    backend_.dispatch(empty, 0, nullptr, nullptr, row_bytes());
+    backend_.await_arrival(0);
+    backend_.mark(Lane::compute, Mark::dispatch_start);
+    best = std::min(best, backend_.seconds(Mark::packed_mark, Mark::dispatch_start));
+  }
+  control_.allreduce(std::span<double>(&best, 1), comm::ReduceOp::max);
+  empty_exchange_seconds_ = best;
 }
 
 template <LayerBackend Backend>
@@ -175,7 +212,8 @@ const ForwardResult& DeviceLayer<Backend>::forward(const float* x, std::int64_t 
                   shared_saved_.at(0, shared_.h));
     }
   };
-  run_pipeline(layer_detail::bytes(send_), layer_detail::bytes(returned_), [&](int c) { expert_forward(c); }, shared_forward);
+  run_pipeline(layer_detail::bytes(send_), layer_detail::bytes(returned_), [&](int c) { expert_forward(c); }, shared_forward,
+               auto_pending_);
   clock.lap(Phase::experts);
   backend_.launch(tokens * d, CombineRowsOp{.width = d, .top_k = k, .send_row = send_row_.data(),
                                             .weight = weight_.data(), .back = returned_.data(), .y = y});
@@ -237,7 +275,7 @@ std::string DeviceLayer<Backend>::plan_dispatch(std::int64_t num_tokens, std::st
   const Routing routing{.num_tokens = num_tokens,
                         .experts = std::span<const std::int32_t>(routing_.expert).first(assignments),
                         .weights = std::span<const float>(routing_.weight).first(assignments)};
-  return agreement_.agree(control_, config_, static_cast<int>(config_.overlap_chunks), routing,
+  return agreement_.agree(control_, config_, chunks_, routing,
                           std::move(local_error), plan_, result_.stats.count_exchange_seconds);
 }
 
@@ -302,21 +340,51 @@ void DeviceLayer<Backend>::upload_plan() {
 // Chunk c's exchange waits only for the packing (every chunk is packed before the first leaves),
 // its experts only for its arrival; while chunk c+1 travels, chunk c computes. Every rank makes
 // the same sequence of exchanges: out 0, out 1, back 0, out 2, back 1, ...
+// `timed` (the one-chunk forward overlap_chunks = auto decides from) sets the backend's marks
+// around each exchange and the experts; see timed_seconds.
 template <LayerBackend Backend>
 template <class Work, class InFlight>
-void DeviceLayer<Backend>::run_pipeline(std::byte* send, std::byte* back, Work&& work, InFlight&& in_flight) {
+void DeviceLayer<Backend>::run_pipeline(std::byte* send, std::byte* back, Work&& work, InFlight&& in_flight,
+                                        bool timed) {
+  using layer_detail::Mark;
+  const auto mark = [&](Lane lane, Mark m) {
+    if (timed) backend_.mark(lane, m);
+  };
   const int chunks = plan_.num_chunks;
   std::byte* recv = layer_detail::bytes(recv_);
   for (int c = 0; c < chunks; ++c) backend_.packed(c);
+  mark(Lane::compute, Mark::packed_mark);
   in_flight();
+  mark(Lane::comm, Mark::dispatch_start);
   backend_.dispatch(plan_, 0, send, recv, row_bytes());
+  mark(Lane::comm, Mark::dispatch_end);
   for (int c = 0; c < chunks; ++c) {
     backend_.await_arrival(c);
+    mark(Lane::compute, Mark::experts_start);
     work(c);
     backend_.packed(c);
+    mark(Lane::compute, Mark::experts_end);
     if (c + 1 < chunks) backend_.dispatch(plan_, c + 1, send, recv, row_bytes());
+    mark(Lane::comm, Mark::return_start);
     backend_.combine(plan_, c, recv, back, row_bytes());
+    mark(Lane::comm, Mark::return_end);
   }
+}
+
+// The timed forward's seconds from its marks. An exchange starts once its rows are packed and its
+// lane reaches it, so it is timed from the later of those two marks: on a GPU the packing
+// finishes after the host enqueued the exchange; on the host, the in-flight work runs between
+// them. The experts start once their rows arrived (the wait is before the mark).
+template <LayerBackend Backend>
+ChunkTimings DeviceLayer<Backend>::timed_seconds() {
+  using layer_detail::Mark;
+  const auto from_later = [&](Mark packed, Mark lane, Mark end) {
+    return std::min(backend_.seconds(packed, end), backend_.seconds(lane, end));
+  };
+  const double dispatch = from_later(Mark::packed_mark, Mark::dispatch_start, Mark::dispatch_end);
+  const double back = from_later(Mark::experts_end, Mark::return_start, Mark::return_end);
+  return {.exchange = dispatch + back, .dispatch = dispatch, .back = back,
+          .experts = backend_.seconds(Mark::experts_start, Mark::experts_end)};
 }
 
 
@@ -374,7 +442,7 @@ void DeviceLayer<Backend>::backward(const float* x, const float* dy, float* dx, 
   // The gradients travel the dispatch route and come back into the send buffer: chunk c's return
   // lands where chunk c's dispatch already left.
   run_pipeline(layer_detail::bytes(send_), layer_detail::bytes(send_), [&](int c) { expert_backward(c); },
-               shared_backward);
+               shared_backward, false);
   clock.lap(Phase::experts);
   backend_.launch(tokens * d, GatherRowsBackwardOp{.width = d, .top_k = k, .send_row = send_row_.data(),
                                                    .d_send = send_.data(), .dx = dx});
@@ -420,7 +488,8 @@ void DeviceLayer<Backend>::update_selection_bias() {
 template <LayerBackend Backend>
 void DeviceLayer<Backend>::reduce_statistics() {
   const std::int64_t num_experts = config_.num_experts;
-  enum Scalar { lse_sq, tokens, dropped_assignments, dropped_tokens, remote_rows, num_scalars };
+  enum Scalar { lse_sq, tokens, dropped_assignments, dropped_tokens, remote_rows, exchange_s, dispatch_s,
+                return_s, experts_s, num_scalars };
   const std::int64_t width = 3 * num_experts + num_scalars;
   stat_local_.resize(static_cast<std::size_t>(width));
   stat_all_.resize(static_cast<std::size_t>(width * size_));
@@ -437,6 +506,11 @@ void DeviceLayer<Backend>::reduce_statistics() {
   // Rows kept for this rank's own experts never cross the network; what leaves comes back.
   scalars[remote_rows] = static_cast<double>(plan_.num_send_rows() - plan_.send_rows_to(rank_) +
                                              plan_.num_recv_rows() - plan_.recv_rows_from(rank_));
+  const ChunkTimings timed = auto_pending_ ? timed_seconds() : ChunkTimings{};
+  scalars[exchange_s] = timed.exchange;
+  scalars[dispatch_s] = timed.dispatch;
+  scalars[return_s] = timed.back;
+  scalars[experts_s] = timed.experts;
   control_.allgather(reinterpret_cast<const std::byte*>(stat_local_.data()),
                      reinterpret_cast<std::byte*>(stat_all_.data()), static_cast<std::size_t>(width) * sizeof(double));
 
@@ -470,6 +544,24 @@ void DeviceLayer<Backend>::reduce_statistics() {
   }
   set_losses(lse_sq_total);
   stats.set_load_spread();
+
+  if (auto_pending_) {
+    // Every rank decides from the same gathered numbers, so all choose the same count.
+    auto_pending_ = false;
+    std::vector<ChunkTimings> ranks(static_cast<std::size_t>(size_));
+    for (int r = 0; r < size_; ++r) {
+      const double* s = stat_all_.data() + r * width + 3 * num_experts;
+      ranks[static_cast<std::size_t>(r)] = {.exchange = s[exchange_s], .dispatch = s[dispatch_s],
+                                            .back = s[return_s], .experts = s[experts_s]};
+    }
+    std::int64_t kept = 0;
+    for (auto n : stats.expert_kept) kept += n;
+    // The marks time each exchange on its own lane: transfers, not waits for the other one.
+    chunks_ = choose_auto_chunks({.ranks = ranks, .exchanges_timed_apart = true,
+                                  .empty_exchange_seconds = empty_exchange_seconds_, .kept_rows = kept,
+                                  .num_experts = num_experts, .group_size = size_});
+    backend_.reserve_chunks(chunks_);  // the ordering events of every chunk, before the next plan
+  }
 }
 
 // SPEC.md section 7, from the group's sums; both losses are 0 for an empty group.

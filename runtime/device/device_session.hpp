@@ -24,6 +24,8 @@ class DeviceSession {
   virtual void backward() = 0;
   virtual void update_selection_bias() = 0;
   virtual void zero_grad() = 0;
+  // Chunks the next forward uses: overlap_chunks, or what auto chose after the first forward.
+  virtual int chunks() const = 0;
   // Copied to the host.
   virtual std::vector<float> output() = 0;
   virtual std::vector<float> input_grad() = 0;
@@ -68,6 +70,7 @@ class BackendSession final : public DeviceSession {
   void backward() override { layer_.backward(x_.data(), dy_.data(), dx_.data()); }
   void update_selection_bias() override { layer_.update_selection_bias(); }
   void zero_grad() override { layer_.zero_grad(); }
+  int chunks() const override { return layer_.chunks(); }
   std::vector<float> output() override { return download(y_); }
   std::vector<float> input_grad() override { return download(dx_); }
   LayerParameters gradients() override { return layer_.gradients(); }

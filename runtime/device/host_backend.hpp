@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -66,8 +67,20 @@ class HostBackend {
   void combine(const DispatchPlan& plan, int c, const std::byte* recv, std::byte* back,
                std::size_t row_bytes);
 
+  // Both lanes are this thread, which runs each step before returning: a mark is the clock when
+  // the thread reaches it.
+  void reserve_marks(int n) {
+    if (static_cast<int>(marks_.size()) < n) marks_.resize(static_cast<std::size_t>(n));
+  }
+  void mark(Lane, int i) { marks_.at(static_cast<std::size_t>(i)) = std::chrono::steady_clock::now(); }
+  double seconds(int from, int to) const {
+    return std::chrono::duration<double>(marks_.at(static_cast<std::size_t>(to)) -
+                                         marks_.at(static_cast<std::size_t>(from))).count();
+  }
+
  private:
   comm::Communicator& comm_;
+  std::vector<std::chrono::steady_clock::time_point> marks_;
   std::vector<std::size_t> to_peer_, from_peer_;
 };
 

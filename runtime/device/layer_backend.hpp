@@ -1,6 +1,7 @@
 // What the device layer (runtime/device/device_layer.hpp) needs of the place it runs: a memory
 // space with buffers, a launcher for the data-path ops, grouped GEMMs, copies to and from the
-// host, and the payload exchange of one chunk of the dispatch plan. Two backends implement it:
+// host, the payload exchange of one chunk of the dispatch plan, and timing marks on the compute
+// and exchange orders (what overlap_chunks = auto decides from). Two backends implement it:
 // HostBackend (runtime/device/host_backend.hpp: the host launcher, oneDNN GEMMs, an MPI
 // communicator) and CudaBackend (runtime/device/cuda_backend.hpp, CUDA builds: CUDA kernels on a
 // compute stream, cuBLAS, NCCL on a communication stream). The layer's control logic is written
@@ -17,6 +18,10 @@
 #include "runtime/dispatch_plan.hpp"
 
 namespace moe::device {
+
+// The two orders a backend runs work in: the compute (launches, GEMMs, copies) and the exchanges.
+// On a GPU they are two streams; on the host both are the calling thread.
+enum class Lane { compute, comm };
 
 // A buffer of the backend's memory space that grows (contents not kept) and is then reused.
 template <class Buffer, class T>
@@ -50,6 +55,13 @@ concept LayerBackend = requires(B& b, const DispatchPlan& plan, int c, const std
   b.combine(plan, c, from, to, row_bytes);
   b.await_arrival(c);
   b.synchronize();
+  // Timing: marks [0, n) reserved once; mark(lane, i) records when `lane` reaches that point (all
+  // work enqueued on it so far done), and seconds(i, j) is the time from mark i to mark j, read
+  // from the place the work runs (waiting for both marks), never from host clocks around
+  // asynchronous work.
+  b.reserve_marks(c);
+  b.mark(Lane::compute, c);
+  { b.seconds(c, c) } -> std::same_as<double>;
 };
 
 }  // namespace moe::device

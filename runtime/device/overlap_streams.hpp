@@ -2,7 +2,8 @@
 // them: the compute stream packs chunk c and runs its experts; the communication stream (the
 // NcclCommunicator's own) exchanges it. Chunk c's exchange waits for its packing (`packed`), and
 // its experts wait for its arrival (`arrived`); nothing else is ordered, so while chunk c is
-// exchanged the GPU computes chunk c-1. Events are created once for the largest chunk count.
+// exchanged the GPU computes chunk c-1. Events are created once for the largest chunk count. Timing
+// marks on either stream give device-measured times (what overlap_chunks = auto decides from).
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -34,10 +35,17 @@ class OverlapStreams {
   // The compute stream waits for chunk c's arrival.
   void compute_after_arrival(int c);
 
+  // Timing marks (events with timing, unlike the ordering ones): marks [0, n), created once.
+  void reserve_marks(int n);
+  // Mark i: when `stream` (compute() or comm()) reaches this point.
+  void mark(cudaStream_t stream, int i);
+  // Seconds from mark `from` to mark `to`, measured by the device (waits for both).
+  double seconds(int from, int to);
+
  private:
   cudaStream_t compute_ = nullptr;
   cudaStream_t comm_ = nullptr;
-  std::vector<cudaEvent_t> packed_, arrived_;
+  std::vector<cudaEvent_t> packed_, arrived_, marks_;
 };
 
 }  // namespace moe::device

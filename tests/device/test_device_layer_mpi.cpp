@@ -3,22 +3,27 @@
 // Forward, backward and the selection-bias update against the float64 reference on every
 // standard case, with one chunk and with three, over the variable and the padded exchange (the
 // latter with check_finite on); against MoeLayer on a few; bitwise reproducible; a reused layer
-// equals a fresh one; refused options; check_finite's and a configuration mismatch's errors, the
+// equals a fresh one; overlap_chunks = auto (the count chosen, the same on every rank, and the
+// results of a fixed count equal to it; the host backend's timing marks); refused options; check_finite's and a configuration mismatch's errors, the
 // same on every rank as MoeLayer's; bit for bit the same with the control traffic staged as the
 // CUDA session stages it. Only CHECK after the first collective.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <limits>
 #include <memory>
 #include <set>
 #include <string>
+#include <thread>
 
 #include "comm/mpi_communicator.hpp"
 #include "runtime/device/device_layer.hpp"
+#include "runtime/device/device_layer_impl.hpp"
 #include "runtime/device/host_backend.hpp"
 #include "runtime/error.hpp"
+#include "runtime/initialization.hpp"
 #include "runtime/layer_case.hpp"
 #include "tests/comm/staged_world.hpp"
 #include "tests/support/case_bridge.hpp"
@@ -130,6 +135,113 @@ void check_against_reference(comm::Communicator& comm, const LayerCase& lc, cons
     }
   }
   if (!expected.score_bias_updated.empty()) CHECK(relative(run.bias, expected.score_bias_updated) <= 1e-6);
+}
+
+// overlap_chunks = auto's tests: the host backend with scripted times, so that the choice is
+// known. A unit u = 1 ms·(1 + rank) for each exchange and the experts (marks one u apart; an
+// exchange's later start mark is one u before its end), λ = 10 µs·(1 + rank). Gathered over 2
+// ranks: λ 20 µs, X = 2 ms from rank 0, K = 2 ms from rank 1, so sqrt(2 ms / 40 µs) = 7.07 -> 7;
+// rank 0 deciding alone would take K = 1 ms and choose 5. On 1 rank: sqrt(1 ms / 20 µs) -> 7.
+class ScriptedTimes : public device::HostBackend {
+ public:
+  explicit ScriptedTimes(comm::Communicator& comm) : HostBackend(comm), scale_(1.0 + comm.rank()) {}
+  double seconds(int from, int to) const {
+    using device::layer_detail::Mark;
+    if (from == Mark::packed_mark && to == Mark::dispatch_start) return 1e-5 * scale_;  // the empty exchange
+    return 1e-3 * scale_ * (to - from);
+  }
+
+ private:
+  double scale_;
+};
+
+static_assert(device::LayerBackend<ScriptedTimes>);
+
+// 2 experts a rank, 2048 tokens a rank, top-1, dropless: 1024 rows per expert, so the row clamp
+// allows up to 8 chunks.
+MoeConfig auto_config(int ranks) {
+  MoeConfig c;
+  c.num_experts = 2 * ranks;
+  c.d_model = 8;
+  c.d_hidden = 8;
+  c.top_k = 1;
+  c.capacity_factor = 0;
+  return c;
+}
+
+struct AutoPass {
+  std::vector<float> y, dx, gate_grad, w1_grad;
+};
+
+// Forward and backward of seeded rows and parameters through `layer` (gradients from zero).
+template <class Backend>
+AutoPass run_auto_pass(device::DeviceLayer<Backend>& layer, comm::Communicator& comm, std::int64_t tokens) {
+  const MoeConfig& config = layer.config();
+  const std::string rank = ".rank" + std::to_string(comm.rank());
+  device::LayerParameters params = device::zero_parameters(config, comm.rank(), comm.size());
+  fill_normal(params.gate_weight, 7, "gate");
+  for (std::int64_t e = 0; e < params.experts.num_experts(); ++e) {
+    for (auto name : experts::expert_param_names(config.activation)) {
+      fill_normal(params.experts.param(e, name), 7, std::string(name) + rank + ".e" + std::to_string(e));
+    }
+  }
+  layer.load(params);
+  layer.zero_grad();
+  AutoPass pass;
+  std::vector<float> x(static_cast<std::size_t>(tokens * config.d_model)), dy(x.size());
+  fill_normal(x, 7, "x" + rank);
+  fill_normal(dy, 7, "dy" + rank);
+  pass.y.resize(x.size());
+  pass.dx.resize(x.size());
+  layer.forward(x.data(), tokens, pass.y.data());
+  layer.backward(x.data(), dy.data(), pass.dx.data());
+  const device::LayerParameters grads = layer.gradients();
+  pass.gate_grad = grads.gate_weight;
+  for (std::int64_t e = 0; e < grads.experts.num_experts(); ++e) {
+    const auto w1 = grads.experts.w1(e);
+    pass.w1_grad.insert(pass.w1_grad.end(), w1.begin(), w1.end());
+  }
+  return pass;
+}
+
+// Bitwise: no NaN can appear here, so == is bit equality.
+void check_same(const AutoPass& a, const AutoPass& b) {
+  CHECK(a.y == b.y);
+  CHECK(a.dx == b.dx);
+  CHECK(a.gate_grad == b.gate_grad);
+  CHECK(a.w1_grad == b.w1_grad);
+}
+
+// An auto layer's first pass (one chunk) and second (the chosen count) against layers with those
+// counts fixed; returns the count chosen, checked to be every rank's.
+template <class Backend>
+int check_auto(comm::Communicator& comm) {
+  const MoeConfig fixed = auto_config(comm.size());
+  const std::int64_t tokens = 2048;
+  MoeConfig automatic = fixed;
+  automatic.overlap_chunks = 0;
+  Backend backend(comm);
+  device::DeviceLayer<Backend> layer(automatic, comm, backend);
+  CHECK(layer.chunks() == 1);
+  const AutoPass first = run_auto_pass(layer, comm, tokens);
+  const int chosen = layer.chunks();
+  const AutoPass second = run_auto_pass(layer, comm, tokens);
+  CHECK(layer.chunks() == chosen);  // chosen once
+  std::vector<double> counts(static_cast<std::size_t>(comm.size()));
+  const double mine = chosen;
+  comm.allgather(reinterpret_cast<const std::byte*>(&mine), reinterpret_cast<std::byte*>(counts.data()), sizeof(double));
+  CHECK(std::ranges::all_of(counts, [&](double c) { return c == mine; }));
+  CHECK(chosen >= 1);
+  CHECK(chosen <= 8);
+  for (const auto& [chunks, pass] : {std::pair{1, &first}, std::pair{chosen, &second}}) {
+    INFO(chunks << " chunks fixed");
+    MoeConfig config = fixed;
+    config.overlap_chunks = chunks;
+    device::HostBackend host(comm);
+    device::DeviceLayer<device::HostBackend> reference(config, comm, host);
+    check_same(*pass, run_auto_pass(reference, comm, tokens));
+  }
+  return chosen;
 }
 
 }  // namespace
@@ -292,7 +404,7 @@ TEST_CASE("the device layer refuses what it does not run, on every rank alike", 
   CHECK_THAT(message_of(bf16), Catch::Contains("computes and exchanges fp32 only"));
   MoeConfig automatic = config;
   automatic.overlap_chunks = 0;
-  CHECK_THAT(message_of(automatic), Catch::Contains("takes a fixed overlap_chunks"));
+  CHECK(message_of(automatic) == "");  // auto runs (tested below)
   MoeConfig bad = config;
   bad.top_k = 9;
   CHECK_THAT(message_of(bad), Catch::Contains("top_k"));
@@ -359,4 +471,29 @@ TEST_CASE("ranks giving the device layer different configurations are told which
   for (int r = 1; r < last; ++r) others += ", " + std::to_string(r);
   CHECK(message == "the ranks of layer '" + config.label + "' were given different configurations: top_k=2 (" +
                        others + "); top_k=3 (rank " + std::to_string(last) + ")");
+}
+
+TEST_CASE("overlap_chunks = auto: every rank chooses the same count, and it runs as that count fixed",
+          "[device][layer][auto]") {
+  auto world = comm::MpiCommunicator::world();
+  // Scripted times: the count the gathered numbers give (see ScriptedTimes); 7 chunks over 2
+  // local experts, so the chunks split experts.
+  CHECK(check_auto<ScriptedTimes>(*world) == 7);
+  // Measured times: whatever this machine gives, the same on every rank.
+  check_auto<device::HostBackend>(*world);
+}
+
+TEST_CASE("the host backend's timing marks follow the thread's clock", "[device][auto]") {
+  auto world = comm::MpiCommunicator::world();
+  device::HostBackend backend(*world);
+  backend.reserve_marks(3);
+  backend.mark(device::Lane::compute, 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  backend.mark(device::Lane::comm, 1);
+  backend.mark(device::Lane::compute, 2);
+  CHECK(backend.seconds(0, 1) >= 2e-3);
+  CHECK(backend.seconds(1, 2) >= 0);
+  CHECK(backend.seconds(0, 2) >= backend.seconds(0, 1));
+  CHECK(backend.seconds(1, 0) == -backend.seconds(0, 1));
+  CHECK_THROWS_AS(backend.mark(device::Lane::compute, 3), std::out_of_range);
 }
