@@ -10,6 +10,8 @@
 #include <optional>
 #include <string_view>
 
+#include "experts/device/host_device.hpp"
+
 namespace moe {
 
 enum class WireFormat { fp32, bf16 };
@@ -21,15 +23,17 @@ constexpr std::size_t wire_value_bytes(WireFormat format) {
   return format == WireFormat::fp32 ? 4 : 2;
 }
 
-// fp32 to bf16 with round-to-nearest-even; NaN stays NaN.
-inline std::uint16_t to_bf16(float value) {
+// fp32 to bf16 with round-to-nearest-even; NaN stays NaN. Host and device: the device layer's
+// wire ops (runtime/device/permute_ops.hpp) round with this very function, so both layers send
+// the same bits.
+MOE_HOST_DEVICE inline std::uint16_t to_bf16(float value) {
   const std::uint32_t bits = std::bit_cast<std::uint32_t>(value);
   if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((bits >> 16) | 0x40u);
   const std::uint32_t rounding = 0x7fffu + ((bits >> 16) & 1u);
   return static_cast<std::uint16_t>((bits + rounding) >> 16);
 }
 
-inline float from_bf16(std::uint16_t value) {
+MOE_HOST_DEVICE inline float from_bf16(std::uint16_t value) {
   return std::bit_cast<float>(static_cast<std::uint32_t>(value) << 16);
 }
 

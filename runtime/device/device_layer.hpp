@@ -22,16 +22,20 @@
 // times, not host clocks around asynchronous launches); the times travel in the statistics'
 // allgather, so every rank chooses the same count, which applies from the next plan (chunks()).
 //
-// Runs the variable and padded exchanges and check_finite (the input, the routing weights and the
-// output gradient, with MoeLayer's errors). Not supported (refused at construction, on every
-// rank): exchange hierarchical, bf16 wire or compute. A forward's context is kept inside the
-// layer: backward walks back the last forward.
+// Runs the variable and padded exchanges, check_finite (the input, the routing weights and the
+// output gradient, with MoeLayer's errors) and the bf16 wire: rows are rounded into bf16 where
+// they enter the send or receive buffers and widened where they leave (the permute ops' Wire
+// parameter, runtime/device/permute_ops.hpp), at the Dispatcher's points and with its rounding,
+// so both layers exchange the same bytes. Not supported (refused at construction, on every rank):
+// exchange hierarchical, bf16 compute (the experts' GEMMs run fp32). A forward's context is kept
+// inside the layer: backward walks back the last forward.
 #pragma once
 
 #include <array>
 #include <cstdint>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "comm/communicator.hpp"
@@ -108,7 +112,20 @@ class DeviceLayer {
   void reduce_statistics();
   void set_losses(double lse_sq_total);
   std::span<const std::int64_t> chunk_offsets(int c) const { return plan_.chunk_expert_offsets(c); }
-  std::size_t row_bytes() const { return static_cast<std::size_t>(config_.d_model) * sizeof(float); }
+  // A row in send or receive order, as it travels and as the statistics count it.
+  std::size_t row_bytes() const {
+    return static_cast<std::size_t>(config_.d_model) * wire_value_bytes(config_.wire_format());
+  }
+  // f(std::type_identity<W>{}) with W the wire format's value type (float or WireBf16): the ops
+  // on rows in send and receive order are instantiated for each.
+  template <class F>
+  void with_wire(F&& f) const {
+    if (config_.wire_format() == WireFormat::bf16) {
+      f(std::type_identity<WireBf16>{});
+    } else {
+      f(std::type_identity<float>{});
+    }
+  }
 
   MoeConfig config_;
   comm::Communicator& control_;
@@ -132,9 +149,11 @@ class DeviceLayer {
   // The plan's row maps in the space: send_token [S], send_row [T*k], expert_row [R] (chunk-relative).
   Buffer<std::int64_t> send_token_, send_row_, expert_row_;
   std::vector<std::int64_t> expert_row_host_;
-  // Rows: send order, receive order, expert order (the experts' input and output) and the
-  // expert outputs back home; the FFN's saved activations over every received row.
-  Buffer<float> send_, recv_, expert_in_, expert_out_, returned_;
+  // Rows: send order, receive order and the expert outputs back home in the wire format (bytes,
+  // typed by with_wire); expert order (the experts' input and output) in fp32; the FFN's saved
+  // activations over every received row.
+  Buffer<std::byte> send_, recv_, returned_;
+  Buffer<float> expert_in_, expert_out_;
   FfnRows<Backend> saved_, shared_saved_, scratch_;
   Buffer<float> shared_out_;
 

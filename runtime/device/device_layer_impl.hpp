@@ -27,6 +27,12 @@ std::byte* bytes(const Buffer& b) {
   return reinterpret_cast<std::byte*>(b.data());
 }
 
+// A wire buffer's rows as the wire format's values.
+template <class Wire, class Buffer>
+Wire* wire(const Buffer& b) {
+  return reinterpret_cast<Wire*>(b.data());
+}
+
 template <class T>
 void grow(std::vector<T>& v, std::int64_t n) {
   if (static_cast<std::int64_t>(v.size()) < n) v.resize(static_cast<std::size_t>(n));
@@ -201,8 +207,10 @@ const ForwardResult& DeviceLayer<Backend>::forward(const float* x, std::int64_t 
     upload_plan();
   }) : late_error);
   const std::int64_t tokens = plan_.num_tokens;
-  backend_.launch(plan_.num_send_rows() * d, GatherRowsOp{.width = d, .send_token = send_token_.data(),
-                                                          .x = x, .send = send_.data()});
+  with_wire([&]<class W>(std::type_identity<W>) {
+    backend_.launch(plan_.num_send_rows() * d, GatherRowsOp<W>{.width = d, .send_token = send_token_.data(),
+                                                               .x = x, .send = layer_detail::wire<W>(send_)});
+  });
   clock.lap(Phase::permute);
 
   shared_offsets_ = {0, tokens};
@@ -215,8 +223,11 @@ const ForwardResult& DeviceLayer<Backend>::forward(const float* x, std::int64_t 
   run_pipeline(layer_detail::bytes(send_), layer_detail::bytes(returned_), [&](int c) { expert_forward(c); }, shared_forward,
                auto_pending_);
   clock.lap(Phase::experts);
-  backend_.launch(tokens * d, CombineRowsOp{.width = d, .top_k = k, .send_row = send_row_.data(),
-                                            .weight = weight_.data(), .back = returned_.data(), .y = y});
+  with_wire([&]<class W>(std::type_identity<W>) {
+    backend_.launch(tokens * d, CombineRowsOp<W>{.width = d, .top_k = k, .send_row = send_row_.data(),
+                                                 .weight = weight_.data(),
+                                                 .back = layer_detail::wire<W>(returned_), .y = y});
+  });
   if (config_.has_shared_expert()) backend_.launch(tokens * d, AddRowsOp{.src = shared_out_.data(), .dst = y});
   backend_.synchronize();
   clock.lap(Phase::combine);
@@ -305,8 +316,10 @@ void DeviceLayer<Backend>::reserve_rows() {
   const std::int64_t d = config_.d_model, h = config_.d_hidden, hs = config_.d_shared_hidden;
   const std::int64_t tokens = plan_.num_tokens, sent = plan_.num_send_rows(), received = plan_.num_recv_rows();
   const bool gated = experts::is_gated(config_.activation);
-  for (auto* b : {&send_, &returned_}) b->reserve(sent * d);
-  for (auto* b : {&recv_, &expert_in_, &expert_out_, &expert_grad_}) b->reserve(received * d);
+  const auto wire_row = static_cast<std::int64_t>(row_bytes());
+  for (auto* b : {&send_, &returned_}) b->reserve(sent * wire_row);
+  recv_.reserve(received * wire_row);
+  for (auto* b : {&expert_in_, &expert_out_, &expert_grad_}) b->reserve(received * d);
   saved_.reserve(received, h, gated);
   scratch_.reserve(received, h, gated);
   send_token_.reserve(sent);
@@ -392,25 +405,37 @@ template <LayerBackend Backend>
 void DeviceLayer<Backend>::expert_forward(int c) {
   const std::int64_t d = config_.d_model, first = plan_.chunk_recv_begin(c), count = plan_.chunk_recv_rows(c);
   const std::int64_t* expert_row = expert_row_.data() + first;
-  backend_.launch(count * d, ToExpertOrderOp{.width = d, .expert_row = expert_row,
-                                             .received = recv_.data() + first * d, .expert = expert_in_.data()});
+  with_wire([&]<class W>(std::type_identity<W>) {
+    backend_.launch(count * d, ToExpertOrderOp<W>{.width = d, .expert_row = expert_row,
+                                                  .received = layer_detail::wire<W>(recv_) + first * d,
+                                                  .expert = expert_in_.data()});
+  });
   ffn_forward(backend_, groups_, experts_, expert_in_.data() + first * d, chunk_offsets(c),
               expert_out_.data() + first * d, saved_.at(first, experts_.h));
-  backend_.launch(count * d, FromExpertOrderOp{.width = d, .expert_row = expert_row,
-                                               .expert = expert_out_.data(), .received = recv_.data() + first * d});
+  with_wire([&]<class W>(std::type_identity<W>) {
+    backend_.launch(count * d, FromExpertOrderOp<W>{.width = d, .expert_row = expert_row,
+                                                    .expert = expert_out_.data(),
+                                                    .received = layer_detail::wire<W>(recv_) + first * d});
+  });
 }
 
 template <LayerBackend Backend>
 void DeviceLayer<Backend>::expert_backward(int c) {
   const std::int64_t d = config_.d_model, first = plan_.chunk_recv_begin(c), count = plan_.chunk_recv_rows(c);
   const std::int64_t* expert_row = expert_row_.data() + first;
-  backend_.launch(count * d, ToExpertOrderOp{.width = d, .expert_row = expert_row,
-                                             .received = recv_.data() + first * d, .expert = expert_grad_.data()});
+  with_wire([&]<class W>(std::type_identity<W>) {
+    backend_.launch(count * d, ToExpertOrderOp<W>{.width = d, .expert_row = expert_row,
+                                                  .received = layer_detail::wire<W>(recv_) + first * d,
+                                                  .expert = expert_grad_.data()});
+  });
   ffn_backward(backend_, groups_, experts_, expert_in_.data() + first * d, chunk_offsets(c),
                saved_.at(first, experts_.h), expert_grad_.data() + first * d,
                expert_out_.data() + first * d, expert_grads_, scratch_.at(first, experts_.h));
-  backend_.launch(count * d, FromExpertOrderOp{.width = d, .expert_row = expert_row,
-                                               .expert = expert_out_.data(), .received = recv_.data() + first * d});
+  with_wire([&]<class W>(std::type_identity<W>) {
+    backend_.launch(count * d, FromExpertOrderOp<W>{.width = d, .expert_row = expert_row,
+                                                    .expert = expert_out_.data(),
+                                                    .received = layer_detail::wire<W>(recv_) + first * d});
+  });
 }
 
 template <LayerBackend Backend>
@@ -422,16 +447,20 @@ void DeviceLayer<Backend>::backward(const float* x, const float* dy, float* dx, 
   if (config_.check_finite) agree_on_errors(control_, first_non_finite_row("grad_output", dy, tokens, d));
   PhaseTimer clock(backward_seconds_, "backward");
   // Combine backward: the gradient of each kept row (send order) and of each weight.
-  backend_.launch(tokens * k * d, CombineRowsBackwardOp{.width = d, .top_k = k, .send_row = send_row_.data(),
-                                                        .weight = weight_.data(), .dy = dy, .d_out = send_.data()});
-  // The padded exchange sends the padding rows too, and they must carry zeros: the forward's
-  // gather wrote zeros there, but an earlier backward's return left its input gradients.
-  if (plan_.padded_slots >= 0) {
-    backend_.launch(plan_.num_send_rows() * d, ZeroPaddingRowsOp{.width = d, .send_token = send_token_.data(),
-                                                                 .send = send_.data()});
-  }
-  backend_.launch(tokens * k, CombineWeightGradOp{.width = d, .top_k = k, .send_row = send_row_.data(), .dy = dy,
-                                                  .back = returned_.data(), .d_weight = d_weight_.data()});
+  with_wire([&]<class W>(std::type_identity<W>) {
+    W* const send = layer_detail::wire<W>(send_);
+    backend_.launch(tokens * k * d, CombineRowsBackwardOp<W>{.width = d, .top_k = k, .send_row = send_row_.data(),
+                                                             .weight = weight_.data(), .dy = dy, .d_out = send});
+    // The padded exchange sends the padding rows too, and they must carry zeros: the forward's
+    // gather wrote zeros there, but an earlier backward's return left its input gradients.
+    if (plan_.padded_slots >= 0) {
+      backend_.launch(plan_.num_send_rows() * d, ZeroPaddingRowsOp<W>{.width = d, .send_token = send_token_.data(),
+                                                                      .send = send});
+    }
+    backend_.launch(tokens * k, CombineWeightGradOp<W>{.width = d, .top_k = k, .send_row = send_row_.data(),
+                                                       .dy = dy, .back = layer_detail::wire<W>(returned_),
+                                                       .d_weight = d_weight_.data()});
+  });
   clock.lap(Phase::combine);
   const auto shared_backward = [&] {
     if (config_.has_shared_expert()) {
@@ -444,8 +473,10 @@ void DeviceLayer<Backend>::backward(const float* x, const float* dy, float* dx, 
   run_pipeline(layer_detail::bytes(send_), layer_detail::bytes(send_), [&](int c) { expert_backward(c); },
                shared_backward, false);
   clock.lap(Phase::experts);
-  backend_.launch(tokens * d, GatherRowsBackwardOp{.width = d, .top_k = k, .send_row = send_row_.data(),
-                                                   .d_send = send_.data(), .dx = dx});
+  with_wire([&]<class W>(std::type_identity<W>) {
+    backend_.launch(tokens * d, GatherRowsBackwardOp<W>{.width = d, .top_k = k, .send_row = send_row_.data(),
+                                                        .d_send = layer_detail::wire<W>(send_), .dx = dx});
+  });
   if (config_.has_shared_expert()) backend_.launch(tokens * d, AddRowsOp{.src = shared_out_.data(), .dst = dx});
   clock.lap(Phase::permute);
 

@@ -105,7 +105,8 @@ void check_router(const moe::test::NamedCase& named) {
   check(counts.download() == host.counts, named.name + ": counts on the GPU");
 }
 
-// Gather and combine on a plan with drops: the GPU's rows against the host launcher's.
+// Gather and combine on a plan with drops, and every op on bf16 wire rows: the GPU's rows
+// against the host launcher's.
 void check_permute() {
   using namespace moe;
   for (const auto& named : test::standard_cases(1)) {
@@ -146,6 +147,62 @@ void check_permute() {
     cuda(device::launch_device(padded_rows * width, device::ZeroPaddingRowsOp{width, d_padded_token.data, d_slots.data},
                                nullptr), "ZeroPaddingRowsOp");
     check(d_slots.download() == slots, "padding rows zeroed on the GPU");
+
+    // The bf16 wire: the GPU rounds rows into the wire with the host's bits, and every op reading
+    // them widens them alike.
+    using device::WireBf16;
+    const std::vector<float> dy(x.rbegin(), x.rend());
+    std::vector<WireBf16> send16(send.size()), d_out16(send.size(), WireBf16{0});
+    std::vector<float> y16(y.size()), d_w(static_cast<std::size_t>(tokens * k)), dx(x.size());
+    std::vector<std::int64_t> reversed(static_cast<std::size_t>(rows));
+    for (std::int64_t r = 0; r < rows; ++r) reversed[static_cast<std::size_t>(r)] = rows - 1 - r;
+    std::vector<float> in_expert_order(send.size());
+    std::vector<WireBf16> round_trip(send.size());
+    device::launch_host(rows * width, device::GatherRowsOp<WireBf16>{width, plan.send_token.data(), x.data(), send16.data()});
+    device::launch_host(tokens * width, device::CombineRowsOp<WireBf16>{width, k, plan.send_row.data(),
+                                                                        routing.weight.data(), send16.data(), y16.data()});
+    device::launch_host(tokens * k * width, device::CombineRowsBackwardOp<WireBf16>{
+        width, k, plan.send_row.data(), routing.weight.data(), dy.data(), d_out16.data()});
+    device::launch_host(tokens * k, device::CombineWeightGradOp<WireBf16>{width, k, plan.send_row.data(), dy.data(),
+                                                                          send16.data(), d_w.data()});
+    device::launch_host(tokens * width, device::GatherRowsBackwardOp<WireBf16>{width, k, plan.send_row.data(),
+                                                                               d_out16.data(), dx.data()});
+    device::launch_host(rows * width, device::ToExpertOrderOp<WireBf16>{width, reversed.data(), send16.data(),
+                                                                        in_expert_order.data()});
+    device::launch_host(rows * width, device::FromExpertOrderOp<WireBf16>{width, reversed.data(),
+                                                                          in_expert_order.data(), round_trip.data()});
+    DeviceArray<WireBf16> d_send16(std::vector<WireBf16>(send.size())), d_out16_gpu(std::vector<WireBf16>(send.size(), WireBf16{0}));
+    DeviceArray<WireBf16> d_round_trip(std::vector<WireBf16>(send.size()));
+    DeviceArray<float> d_dy(dy), d_y16(std::vector<float>(y.size())), d_d_w(std::vector<float>(d_w.size()));
+    DeviceArray<float> d_dx(std::vector<float>(dx.size())), d_in_expert_order(std::vector<float>(send.size()));
+    DeviceArray<std::int64_t> d_reversed(reversed);
+    cuda(device::launch_device(rows * width, device::GatherRowsOp<WireBf16>{width, d_token.data, d_x.data, d_send16.data},
+                               nullptr), "GatherRowsOp<WireBf16>");
+    cuda(device::launch_device(tokens * width, device::CombineRowsOp<WireBf16>{width, k, d_row.data, d_weight.data,
+                                                                               d_send16.data, d_y16.data}, nullptr),
+         "CombineRowsOp<WireBf16>");
+    cuda(device::launch_device(tokens * k * width, device::CombineRowsBackwardOp<WireBf16>{
+        width, k, d_row.data, d_weight.data, d_dy.data, d_out16_gpu.data}, nullptr), "CombineRowsBackwardOp<WireBf16>");
+    cuda(device::launch_device(tokens * k, device::CombineWeightGradOp<WireBf16>{width, k, d_row.data, d_dy.data,
+                                                                                 d_send16.data, d_d_w.data}, nullptr),
+         "CombineWeightGradOp<WireBf16>");
+    cuda(device::launch_device(tokens * width, device::GatherRowsBackwardOp<WireBf16>{width, k, d_row.data,
+                                                                                      d_out16_gpu.data, d_dx.data},
+                               nullptr), "GatherRowsBackwardOp<WireBf16>");
+    cuda(device::launch_device(rows * width, device::ToExpertOrderOp<WireBf16>{width, d_reversed.data, d_send16.data,
+                                                                               d_in_expert_order.data}, nullptr),
+         "ToExpertOrderOp<WireBf16>");
+    cuda(device::launch_device(rows * width, device::FromExpertOrderOp<WireBf16>{width, d_reversed.data,
+                                                                                 d_in_expert_order.data,
+                                                                                 d_round_trip.data}, nullptr),
+         "FromExpertOrderOp<WireBf16>");
+    check(d_send16.download() == send16, "bf16 gather on the GPU: the host's rounding");
+    check(relative_difference(d_y16.download(), y16) <= 1e-6, "bf16 combine on the GPU");
+    check(d_out16_gpu.download() == d_out16, "bf16 combine backward on the GPU: the host's rounding");
+    check(relative_difference(d_d_w.download(), d_w) <= 1e-6, "bf16 weight gradient on the GPU");
+    check(relative_difference(d_dx.download(), dx) <= 1e-6, "bf16 gather backward on the GPU");
+    check(d_in_expert_order.download() == in_expert_order, "bf16 rows into expert order on the GPU");
+    check(d_round_trip.download() == round_trip && round_trip == send16, "bf16 rows back from expert order on the GPU");
 
     // check_finite's scan: the device's isfinite finds what the host's does.
     std::vector<float> scanned = x;

@@ -2,7 +2,8 @@
 // allocate no heap memory: its workspace (runtime/device/device_layer.hpp) has grown and is
 // reused. Counted like MoeLayer's (tests/runtime/test_no_allocation_mpi.cpp): moe-ep's own code
 // must allocate nothing; oneDNN's packing buffers are checked where its kernels allow it. Also with
-// the control traffic staged as the CUDA session stages it (StagedCommunicator).
+// the control traffic staged as the CUDA session stages it (StagedCommunicator), and with the bf16
+// wire (its buffers sized in wire bytes).
 #include <catch2/catch.hpp>
 
 #include <cstdint>
@@ -27,10 +28,12 @@ TEST_CASE("the device layer's steady-state forward and backward allocate nothing
     std::int64_t shared_hidden;
     GateKind gate;
     bool staged_control;
+    WireFormat wire = WireFormat::fp32;
   };
   for (const Setting& s : {Setting{"plain", 1, 0, GateKind::softmax, false},
                            Setting{"chunks=3,shared expert,sigmoid", 3, 48, GateKind::sigmoid, false},
-                           Setting{"chunks=3,control staged", 3, 0, GateKind::softmax, true}}) {
+                           Setting{"chunks=3,control staged", 3, 0, GateKind::softmax, true},
+                           Setting{"chunks=3,bf16 wire", 3, 0, GateKind::softmax, false, WireFormat::bf16}}) {
     DYNAMIC_SECTION(s.name) {
       MoeConfig config;
       config.num_experts = 4 * world->size();
@@ -41,6 +44,7 @@ TEST_CASE("the device layer's steady-state forward and backward allocate nothing
       config.overlap_chunks = s.chunks;
       config.d_shared_hidden = s.shared_hidden;
       config.gate = s.gate;
+      config.wire = s.wire;
       config.bias_update_rate = s.gate == GateKind::sigmoid ? 0.01 : 0.0;
       device::LayerParameters parameters = device::zero_parameters(config, world->rank(), world->size());
       fill_uniform(parameters.gate_weight, 0.1f, 3, "gate.weight");

@@ -2,9 +2,11 @@
 // control logic, ops and chunked exchanges a GPU runs, here with the host launcher, oneDNN and MPI.
 // Forward, backward and the selection-bias update against the float64 reference on every
 // standard case, with one chunk and with three, over the variable and the padded exchange (the
-// latter with check_finite on); against MoeLayer on a few; bitwise reproducible; a reused layer
-// equals a fresh one; overlap_chunks = auto (the count chosen, the same on every rank, and the
-// results of a fixed count equal to it; the host backend's timing marks); refused options; check_finite's and a configuration mismatch's errors, the
+// latter with check_finite on), and so with the bf16 wire on the bf16 cases; against MoeLayer on
+// a few, with either wire; bitwise reproducible; a reused layer equals a fresh one;
+// overlap_chunks = auto (the count chosen, the same on every rank, and the results of a fixed
+// count equal to it; the host backend's timing marks); refused options; check_finite's and a
+// configuration mismatch's errors, the
 // same on every rank as MoeLayer's; bit for bit the same with the control traffic staged as the
 // CUDA session stages it. Only CHECK after the first collective.
 #include <catch2/catch.hpp>
@@ -103,11 +105,15 @@ double relative(std::span<const float> actual, std::span<const double> expected)
   return e.relative();
 }
 
+// `bound` for the outputs, `grad_bound` for the gradients that pass through the experts (SPEC.md
+// section 9: 1e-5 in fp32, 1e-2 with the bf16 wire; relu's gradients in bf16 see
+// test::kReluBf16GradientBound). The router runs in fp32 either way, so the losses and the
+// counts keep fp32's bounds.
 void check_against_reference(comm::Communicator& comm, const LayerCase& lc, const DeviceRun& run,
-                             const ref::LayerResult& expected) {
+                             const ref::LayerResult& expected, double bound, double grad_bound) {
   const int r = comm.rank();
-  CHECK(group_error(comm, run.y, rows_of(expected.output, lc, r)) <= 1e-5);
-  CHECK(group_error(comm, run.dx, rows_of(expected.grads->input, lc, r)) <= 1e-5);
+  CHECK(group_error(comm, run.y, rows_of(expected.output, lc, r)) <= bound);
+  CHECK(group_error(comm, run.dx, rows_of(expected.grads->input, lc, r)) <= grad_bound);
   test::ErrorSums aux, z;
   aux.add(run.result.aux_loss, expected.aux_loss);
   z.add(run.result.z_loss, expected.z_loss);
@@ -118,20 +124,20 @@ void check_against_reference(comm::Communicator& comm, const LayerCase& lc, cons
   CHECK(stats.expert_kept == expected.expert_kept);
   CHECK(stats.dropped_assignments == expected.dropped_assignments);
   CHECK(stats.dropped_tokens == expected.dropped_tokens);
-  CHECK(relative(run.grads.gate_weight, expected.grads->params.gate) <= 1e-5);
+  CHECK(relative(run.grads.gate_weight, expected.grads->params.gate) <= grad_bound);
   const std::int64_t first = first_expert_of(r, lc.config.num_experts, comm.size());
   for (std::int64_t e = 0; e < run.grads.experts.num_experts(); ++e) {
     for (auto name : experts::expert_param_names(lc.config.activation)) {
       INFO("expert " << first + e << " " << name);
       CHECK(relative(run.grads.experts.param(e, name),
-                     test::expert_param(expected.grads->params.experts[static_cast<std::size_t>(first + e)], name)) <= 1e-5);
+                     test::expert_param(expected.grads->params.experts[static_cast<std::size_t>(first + e)], name)) <= grad_bound);
     }
   }
   if (expected.grads->params.shared_expert) {
     for (auto name : experts::expert_param_names(lc.config.activation)) {
       INFO("shared expert " << name);
       CHECK(relative(run.grads.shared_expert.param(0, name),
-                     test::expert_param(*expected.grads->params.shared_expert, name)) <= 1e-5);
+                     test::expert_param(*expected.grads->params.shared_expert, name)) <= grad_bound);
     }
   }
   if (!expected.score_bias_updated.empty()) CHECK(relative(run.bias, expected.score_bias_updated) <= 1e-6);
@@ -244,37 +250,57 @@ int check_auto(comm::Communicator& comm) {
   return chosen;
 }
 
-}  // namespace
-
-TEST_CASE("the device layer on the host backend matches the float64 reference", "[device][layer]") {
-  auto world = comm::MpiCommunicator::world();
-  for (const auto& named : test::standard_cases(world->size())) {
+// Every case of `cases` with rows on the `wire`, over both exchanges with one chunk and with
+// three, against the float64 reference.
+void check_cases_against_reference(comm::Communicator& world, const std::vector<test::NamedCase>& cases,
+                                   WireFormat wire) {
+  for (const auto& named : cases) {
     // One section per case, its variants inside: Catch2 reruns the loop, references included, per
     // section.
     DYNAMIC_SECTION(named.name) {
       const ref::LayerCase c = ref::make_case(named.spec);
       const ref::LayerResult expected = ref::run_reference(c);
       const LayerCase lc = layer_case_from_file(test::to_case_file(c), named.name);
+      const double bound = wire == WireFormat::fp32 ? 1e-5 : 1e-2;
+      const bool relu_bf16 = wire == WireFormat::bf16 && lc.config.activation == experts::Activation::relu;
+      const double grad_bound = relu_bf16 ? test::kReluBf16GradientBound : bound;
       for (const ExchangeKind exchange : {ExchangeKind::variable, ExchangeKind::padded}) {
         // The padded exchange needs a capacity to size its slots.
         if (exchange == ExchangeKind::padded && lc.config.dropless()) continue;
         for (std::int64_t chunks : {1, 3}) {
-          INFO(to_string(exchange) << ", " << chunks << " chunks");
+          INFO(to_string(exchange) << ", " << chunks << " chunks, wire " << to_string(wire));
           MoeConfig config = lc.config;
           config.exchange = exchange;
           config.overlap_chunks = chunks;
+          config.wire = wire;
           // Checking for NaN/Inf changes no result.
           config.check_finite = exchange == ExchangeKind::padded;
-          check_against_reference(*world, lc, run_device(*world, lc, config), expected);
+          check_against_reference(world, lc, run_device(world, lc, config), expected, bound, grad_bound);
         }
       }
     }
   }
 }
 
+}  // namespace
+
+TEST_CASE("the device layer on the host backend matches the float64 reference", "[device][layer]") {
+  auto world = comm::MpiCommunicator::world();
+  check_cases_against_reference(*world, test::standard_cases(world->size()), WireFormat::fp32);
+}
+
+TEST_CASE("the device layer with the bf16 wire stays within 1e-2 of the float64 reference",
+          "[device][layer][bf16]") {
+  // SPEC.md section 9's bound is about layers of realistic width: the bf16 cases, not the standard
+  // ones' toy widths (tests/support/case_bridge.hpp).
+  auto world = comm::MpiCommunicator::world();
+  check_cases_against_reference(*world, test::bf16_cases(world->size()), WireFormat::bf16);
+}
+
 TEST_CASE("the device layer agrees with MoeLayer", "[device][layer]") {
   // A few cases that differ in every part of the layer (the reference test above runs them all),
-  // with each exchange the device layer runs; the padded one also with check_finite.
+  // with each exchange the device layer runs, the padded one also with check_finite; each with
+  // either wire format, the same on both paths.
   const std::set<std::string> chosen = {"empty_rank", "score_policy", "sigmoid_bias", "shared_swiglu_dropping",
                                         "global_score", "deepseek_v3"};
   auto world = comm::MpiCommunicator::world();
@@ -284,21 +310,29 @@ TEST_CASE("the device layer agrees with MoeLayer", "[device][layer]") {
     for (const ExchangeKind exchange : {ExchangeKind::variable, ExchangeKind::padded}) {
       if (exchange == ExchangeKind::padded && lc.config.dropless()) continue;
       DYNAMIC_SECTION(named.name << ", " << to_string(exchange)) {
-        MoeConfig config = lc.config;
-        config.exchange = exchange;
-        config.check_finite = exchange == ExchangeKind::padded;
-        const DeviceRun run = run_device(*world, lc, config);
-        const test::LayerRun host = test::run_layer_case(*world, lc, config);
-        const auto as_double = [](const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); };
-        CHECK(group_error(*world, run.y, as_double(host.y)) <= 1e-6);
-        CHECK(group_error(*world, run.dx, as_double(host.dx)) <= 1e-6);
-        CHECK(relative(run.grads.gate_weight, as_double(host.gate_grad)) <= 1e-6);
-        CHECK(run.result.stats.expert_kept == host.result.stats.expert_kept);
-        // With the padded exchange these count the padding rows too, on both paths.
-        CHECK(run.result.stats.bytes_sent == host.result.stats.bytes_sent);
-        CHECK(run.result.stats.rows_to_peer == host.result.stats.rows_to_peer);
-        CHECK(run.result.aux_loss == host.result.aux_loss);
-        CHECK(run.result.z_loss == host.result.z_loss);
+        for (const WireFormat wire : {WireFormat::fp32, WireFormat::bf16}) {
+          INFO("wire " << to_string(wire));
+          MoeConfig config = lc.config;
+          config.exchange = exchange;
+          config.check_finite = exchange == ExchangeKind::padded;
+          config.wire = wire;
+          const DeviceRun run = run_device(*world, lc, config);
+          const test::LayerRun host = test::run_layer_case(*world, lc, config);
+          const auto as_double = [](const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); };
+          // Both paths round the same values at the same points, so the bf16 wire is as close as
+          // fp32 (GEMM blocking only; measured: at most 5e-8 either way, and bit for bit the same
+          // with the bf16 wire unless a shared expert runs).
+          CHECK(group_error(*world, run.y, as_double(host.y)) <= 1e-6);
+          CHECK(group_error(*world, run.dx, as_double(host.dx)) <= 1e-6);
+          CHECK(relative(run.grads.gate_weight, as_double(host.gate_grad)) <= 1e-6);
+          CHECK(run.result.stats.expert_kept == host.result.stats.expert_kept);
+          // With the padded exchange these count the padding rows too, on both paths.
+          CHECK(run.result.stats.bytes_sent == host.result.stats.bytes_sent);
+          CHECK(run.result.stats.bytes_received == host.result.stats.bytes_received);
+          CHECK(run.result.stats.rows_to_peer == host.result.stats.rows_to_peer);
+          CHECK(run.result.aux_loss == host.result.aux_loss);
+          CHECK(run.result.z_loss == host.result.z_loss);
+        }
       }
     }
   }
@@ -401,7 +435,10 @@ TEST_CASE("the device layer refuses what it does not run, on every rank alike", 
              Catch::Contains("the device layer runs the variable and padded exchanges only (exchange=hierarchical)"));
   MoeConfig bf16 = config;
   bf16.compute = experts::Compute::bf16;
-  CHECK_THAT(message_of(bf16), Catch::Contains("computes and exchanges fp32 only"));
+  CHECK_THAT(message_of(bf16), Catch::Contains("the device layer computes fp32 only (set compute=fp32"));
+  MoeConfig bf16_wire = config;
+  bf16_wire.wire = WireFormat::bf16;
+  CHECK(message_of(bf16_wire).empty());
   MoeConfig automatic = config;
   automatic.overlap_chunks = 0;
   CHECK(message_of(automatic) == "");  // auto runs (tested below)

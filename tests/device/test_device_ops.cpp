@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <limits>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 #include "experts/activation_kernels.hpp"
@@ -279,14 +280,33 @@ PlannedCase planned_case(const char* name) {
   return {};
 }
 
-WireRows fp32_rows(std::vector<float>& v, std::int64_t width) {
-  return {reinterpret_cast<std::byte*>(v.data()), width, WireFormat::fp32};
+// Rows in the wire format whose values are `Wire` (float or device::WireBf16), as the host
+// functions of runtime/permute.hpp read them.
+template <class Wire>
+WireRows wire_rows(std::vector<Wire>& v, std::int64_t width) {
+  return {reinterpret_cast<std::byte*>(v.data()), width,
+          std::is_same_v<Wire, float> ? WireFormat::fp32 : WireFormat::bf16};
+}
+
+template <class Wire>
+Wire wire_value(float v) {
+  Wire w;
+  device::to_wire(v, w);
+  return w;
+}
+
+template <class Wire>
+std::vector<Wire> to_wire_rows(const std::vector<float>& v) {
+  std::vector<Wire> out(v.size());
+  for (std::size_t i = 0; i < v.size(); ++i) out[i] = wire_value<Wire>(v[i]);
+  return out;
 }
 
 }  // namespace
 
-TEST_CASE("permute and combine ops match the host functions bit for bit and the float64 sums",
-          "[device-host][permute]") {
+TEMPLATE_TEST_CASE("permute and combine ops match the host functions bit for bit and the float64 sums",
+                   "[device-host][permute]", float, device::WireBf16) {
+  using Wire = TestType;
   for (const char* name : {"tight_capacity", "score_policy", "top_all"}) {
     INFO("case " << name);
     PlannedCase p = planned_case(name);
@@ -296,46 +316,48 @@ TEST_CASE("permute and combine ops match the host functions bit for bit and the 
     REQUIRE((plan.dropped_assignments > 0) == (std::string(name) != "top_all"));
     const auto size = [](std::int64_t n) { return static_cast<std::size_t>(n); };
     const std::vector<float> x = random_values(size(tokens * width), 1);
-    std::vector<float> back = random_values(size(rows * width), 2);
+    // The rows that come back are already in the wire format.
+    std::vector<Wire> back = to_wire_rows<Wire>(random_values(size(rows * width), 2));
     const std::vector<float> dy = random_values(size(tokens * width), 3);
     const std::vector<float>& weight = p.routing.weight;
 
-    // Gather.
-    std::vector<float> send(size(rows * width)), send_host(send.size());
-    device::launch_host(rows * width, device::GatherRowsOp{width, plan.send_token.data(), x.data(), send.data()});
-    gather_rows(plan, x, fp32_rows(send_host, width));
+    // Gather: each row rounded into the wire format.
+    std::vector<Wire> send(size(rows * width)), send_host(send.size());
+    device::launch_host(rows * width, device::GatherRowsOp<Wire>{width, plan.send_token.data(), x.data(), send.data()});
+    gather_rows(plan, x, wire_rows(send_host, width));
     CHECK(send == send_host);
     for (std::int64_t r = 0; r < rows; ++r) {
       const std::int64_t t = plan.send_token[size(r)];
-      CHECK(std::equal(send.begin() + r * width, send.begin() + (r + 1) * width, x.begin() + t * width));
+      for (std::int64_t c = 0; c < width; ++c) CHECK(send[size(r * width + c)] == wire_value<Wire>(x[size(t * width + c)]));
     }
 
     // Combine, and the float64 sum it computes.
     std::vector<float> y(size(tokens * width)), y_host(y.size());
-    device::launch_host(tokens * width, device::CombineRowsOp{width, k, plan.send_row.data(),
-                                                              weight.data(), back.data(), y.data()});
-    combine_rows(plan, weight, fp32_rows(back, width), y_host);
+    device::launch_host(tokens * width, device::CombineRowsOp<Wire>{width, k, plan.send_row.data(),
+                                                                    weight.data(), back.data(), y.data()});
+    combine_rows(plan, weight, wire_rows(back, width), y_host);
     CHECK(y == y_host);
     std::vector<double> y_ref(y.size(), 0.0), dx_ref(y.size(), 0.0), dw_ref(size(tokens * k), 0.0);
     for (std::int64_t a = 0; a < tokens * k; ++a) {
       const std::int64_t row = plan.send_row[size(a)], t = a / k;
       if (row < 0) continue;
       for (std::int64_t c = 0; c < width; ++c) {
-        y_ref[size(t * width + c)] += double{weight[size(a)]} * back[size(row * width + c)];
-        dx_ref[size(t * width + c)] += back[size(row * width + c)];
-        dw_ref[size(a)] += double{dy[size(t * width + c)]} * back[size(row * width + c)];
+        const double b = device::from_wire(back[size(row * width + c)]);
+        y_ref[size(t * width + c)] += double{weight[size(a)]} * b;
+        dx_ref[size(t * width + c)] += b;
+        dw_ref[size(a)] += double{dy[size(t * width + c)]} * b;
       }
     }
     CHECK(relative_error(y, y_ref) <= 1e-6);
 
     // Combine backward: to the rows and to the weights.
-    std::vector<float> d_out(back.size(), 0.0f), d_out_host(back.size(), 0.0f);
+    std::vector<Wire> d_out(back.size(), wire_value<Wire>(0.0f)), d_out_host = d_out;
     std::vector<float> d_weight(size(tokens * k)), d_weight_host(d_weight.size());
-    device::launch_host(tokens * k * width, device::CombineRowsBackwardOp{
+    device::launch_host(tokens * k * width, device::CombineRowsBackwardOp<Wire>{
         width, k, plan.send_row.data(), weight.data(), dy.data(), d_out.data()});
-    device::launch_host(tokens * k, device::CombineWeightGradOp{width, k, plan.send_row.data(),
-                                                                dy.data(), back.data(), d_weight.data()});
-    combine_rows_backward(plan, weight, fp32_rows(back, width), dy, fp32_rows(d_out_host, width),
+    device::launch_host(tokens * k, device::CombineWeightGradOp<Wire>{width, k, plan.send_row.data(),
+                                                                      dy.data(), back.data(), d_weight.data()});
+    combine_rows_backward(plan, weight, wire_rows(back, width), dy, wire_rows(d_out_host, width),
                           d_weight_host);
     CHECK(d_out == d_out_host);
     CHECK(d_weight == d_weight_host);
@@ -343,20 +365,22 @@ TEST_CASE("permute and combine ops match the host functions bit for bit and the 
     for (std::int64_t a = 0; a < tokens * k; ++a) {
       const std::int64_t row = plan.send_row[size(a)];
       if (row < 0) continue;
-      CHECK(d_out[size(row * width)] == weight[size(a)] * dy[size((a / k) * width)]);
+      CHECK(d_out[size(row * width)] == wire_value<Wire>(weight[size(a)] * dy[size((a / k) * width)]));
     }
 
     // Gather backward (back stands for d_send).
     std::vector<float> dx(size(tokens * width)), dx_host(dx.size());
-    device::launch_host(tokens * width, device::GatherRowsBackwardOp{width, k, plan.send_row.data(),
-                                                                     back.data(), dx.data()});
-    gather_rows_backward(plan, fp32_rows(back, width), dx_host);
+    device::launch_host(tokens * width, device::GatherRowsBackwardOp<Wire>{width, k, plan.send_row.data(),
+                                                                           back.data(), dx.data()});
+    gather_rows_backward(plan, wire_rows(back, width), dx_host);
     CHECK(dx == dx_host);
     CHECK(relative_error(dx, dx_ref) <= 1e-6);
   }
 }
 
-TEST_CASE("the padded exchange's padding rows are zeroed as the host does it", "[device-host][permute]") {
+TEMPLATE_TEST_CASE("the padded exchange's padding rows are zeroed as the host does it", "[device-host][permute]",
+                   float, device::WireBf16) {
+  using Wire = TestType;
   PlannedCase p = planned_case("tight_capacity");
   DispatchPlan& plan = p.plan;
   // Padded to more slots than any expert keeps, so every list has padding rows.
@@ -364,16 +388,18 @@ TEST_CASE("the padded exchange's padding rows are zeroed as the host does it", "
   build_plan(p.config, 2, 0, p.routing.expert, p.tokens, 1, slots, {}, plan);
   const std::int64_t width = p.config.d_model, rows = plan.num_send_rows();
   REQUIRE(std::count(plan.send_token.begin(), plan.send_token.end(), -1) >= 2 * p.config.num_experts);
-  std::vector<float> send = random_values(static_cast<std::size_t>(rows * width), 4), send_host = send;
-  const std::vector<float> before = send;
-  device::launch_host(rows * width, device::ZeroPaddingRowsOp{width, plan.send_token.data(), send.data()});
-  zero_padding_rows(plan, fp32_rows(send_host, width));
+  std::vector<Wire> send = to_wire_rows<Wire>(random_values(static_cast<std::size_t>(rows * width), 4));
+  std::vector<Wire> send_host = send;
+  const std::vector<Wire> before = send;
+  device::launch_host(rows * width, device::ZeroPaddingRowsOp<Wire>{width, plan.send_token.data(), send.data()});
+  zero_padding_rows(plan, wire_rows(send_host, width));
   CHECK(send == send_host);
   for (std::int64_t r = 0; r < rows; ++r) {
     const auto first = static_cast<std::size_t>(r * width);
     const bool padding = plan.send_token[static_cast<std::size_t>(r)] < 0;
     for (std::int64_t c = 0; c < width; ++c) {
-      CHECK(send[first + static_cast<std::size_t>(c)] == (padding ? 0.0f : before[first + static_cast<std::size_t>(c)]));
+      CHECK(send[first + static_cast<std::size_t>(c)] ==
+            (padding ? wire_value<Wire>(0.0f) : before[first + static_cast<std::size_t>(c)]));
     }
   }
 }
@@ -531,7 +557,9 @@ TEST_CASE("a chunk's exchange byte counts tile the chunk's rows in peer order", 
   }
 }
 
-TEST_CASE("expert-order ops match the host's to/from_expert_order on every chunk", "[device-host][permute]") {
+TEMPLATE_TEST_CASE("expert-order ops match the host's to/from_expert_order on every chunk", "[device-host][permute]",
+                   float, device::WireBf16) {
+  using Wire = TestType;
   PlannedCase p = planned_case("default");
   DispatchPlan& plan = p.plan;
   build_plan(p.config, 2, 0, p.routing.expert, p.tokens, 5, -1, {}, plan);
@@ -540,27 +568,27 @@ TEST_CASE("expert-order ops match the host's to/from_expert_order on every chunk
   set_receive_counts(plan, recv_counts);
   const std::int64_t width = p.config.d_model, rows = plan.num_recv_rows();
   REQUIRE(rows > 0);
-  std::vector<float> received = random_values(static_cast<std::size_t>(rows * width), 31);
+  std::vector<Wire> received = to_wire_rows<Wire>(random_values(static_cast<std::size_t>(rows * width), 31));
   std::vector<float> expert(received.size(), -1.0f), expert_host(received.size(), -1.0f);
   std::vector<std::int64_t> map(static_cast<std::size_t>(rows));
   for (int c = 0; c < plan.num_chunks; ++c) {
     const std::int64_t first = plan.chunk_recv_begin(c), count = plan.chunk_recv_rows(c);
     device::expert_row_map(plan, c, map);
-    device::launch_host(count * width, device::ToExpertOrderOp{width, map.data(), received.data() + first * width,
-                                                              expert.data()});
-    to_expert_order(plan, c, fp32_rows(received, width), expert_host);
+    device::launch_host(count * width, device::ToExpertOrderOp<Wire>{width, map.data(),
+                                                                    received.data() + first * width, expert.data()});
+    to_expert_order(plan, c, wire_rows(received, width), expert_host);
   }
   CHECK(expert == expert_host);  // every row written once: no -1 left where the host wrote
-  std::vector<float> back(received.size(), 0.0f), back_host(received.size(), 0.0f);
+  std::vector<Wire> back(received.size(), wire_value<Wire>(0.0f)), back_host = back;
   for (int c = 0; c < plan.num_chunks; ++c) {
     const std::int64_t first = plan.chunk_recv_begin(c), count = plan.chunk_recv_rows(c);
     device::expert_row_map(plan, c, map);
-    device::launch_host(count * width, device::FromExpertOrderOp{width, map.data(), expert.data(),
-                                                                back.data() + first * width});
-    from_expert_order(plan, c, expert, fp32_rows(back_host, width));
+    device::launch_host(count * width, device::FromExpertOrderOp<Wire>{width, map.data(), expert.data(),
+                                                                      back.data() + first * width});
+    from_expert_order(plan, c, expert, wire_rows(back_host, width));
   }
   CHECK(back == back_host);
-  CHECK(back == received);  // there and back is the identity
+  CHECK(back == received);  // there and back is the identity (a bf16 value widens and rounds back exactly)
 }
 
 namespace {
