@@ -35,6 +35,7 @@
 #include "runtime/exchange_worker.hpp"
 #include "runtime/permute.hpp"
 #include "runtime/plan_agreement.hpp"
+#include "runtime/plan_statistics.hpp"
 #include "runtime/stats.hpp"
 
 namespace moe {
@@ -184,6 +185,7 @@ class Dispatcher {
   MoeConfig config_;
   comm::Communicator& comm_;
   PlanAgreement agreement_;  // the plan and the ranks' agreement on it, shared with the device layer
+  PlanStatistics statistics_;  // its statistics, gathered as the device layer gathers them
   comm::NodeTopology topology_;
   std::unique_ptr<comm::HierarchicalExchange> hierarchical_;  // exchange = hierarchical only
   int chunks_ = 1;
@@ -203,7 +205,6 @@ class Dispatcher {
   std::vector<std::int64_t> peer_rows_;   // hierarchical: rows to each rank, then from each
   std::vector<std::size_t> chunk_bytes_;  // per chunk: send[P], recv[P] of dispatch; same reversed back
   std::vector<std::uint64_t> tickets_;
-  std::vector<double> stat_local_, stat_all_;
 };
 
 }  // namespace moe

@@ -47,6 +47,7 @@
 #include "runtime/dispatch_plan.hpp"
 #include "runtime/moe_layer.hpp"
 #include "runtime/plan_agreement.hpp"
+#include "runtime/plan_statistics.hpp"
 #include "runtime/router.hpp"
 
 namespace moe::device {
@@ -133,6 +134,7 @@ class DeviceLayer {
   int rank_ = 0, size_ = 1;
   GemmGroups groups_;
   PlanAgreement agreement_;
+  PlanStatistics statistics_;
 
   // Parameters and gradients in the space.
   Buffer<float> gate_, bias_, gate_grad_;
@@ -142,8 +144,8 @@ class DeviceLayer {
   Buffer<float> logits_, scores_, selection_, group_score_, logsumexp_, score_sum_, weight_;
   Buffer<std::int32_t> expert_;
   Buffer<double> prob_sum_, lse_sq_;
-  Buffer<std::int64_t> counts_, group_counts_;
-  RouterOutput routing_;  // expert, weight, counts, prob_sum, logsumexp_sq_sum (host)
+  Buffer<std::int64_t> group_counts_;
+  RouterOutput routing_;  // expert, weight, prob_sum, logsumexp_sq_sum on the host (counts: the plan's)
   DispatchPlan plan_;
   ForwardResult result_;
   // The plan's row maps in the space: send_token [S], send_row [T*k], expert_row [R] (chunk-relative).
@@ -166,7 +168,7 @@ class DeviceLayer {
   std::vector<std::int64_t> non_finite_host_;
 
   // Host workspace of the control path.
-  std::vector<double> stat_local_, stat_all_, group_prob_sum_;
+  std::vector<double> group_sums_;  // prob_sum [E], then the squared log-sum-exps
   bool forwarded_ = false;  // a forward has filled the context backward walks back
   int chunks_ = 1;
   bool auto_pending_ = false;  // overlap_chunks is auto and the count not yet chosen

@@ -105,7 +105,6 @@ DeviceLayer<Backend>::DeviceLayer(const MoeConfig& config, comm::Communicator& c
   gate_.reserve(num_experts * d);
   gate_grad_.reserve(num_experts * d);
   bias_.reserve(num_experts);
-  counts_.reserve(num_experts);
   group_counts_.reserve(num_experts);
   prob_sum_.reserve(num_experts);
   lse_sq_.reserve(1);
@@ -259,8 +258,6 @@ void DeviceLayer<Backend>::route(const float* x, std::int64_t num_tokens) {
   backend_.launch(num_experts, ProbSumOp{.num_tokens = num_tokens, .num_experts = num_experts,
                                          .sigmoid = sigmoid, .scores = scores_.data(),
                                          .score_sum = score_sum_.data(), .prob_sum = prob_sum_.data()});
-  backend_.launch(num_experts, CountOp{.num_assignments = num_tokens * k, .expert = expert_.data(),
-                                       .counts = counts_.data()});
   backend_.launch(1, LogsumexpSquareSumOp{.num_tokens = num_tokens, .logsumexp = logsumexp_.data(),
                                           .sum = lse_sq_.data()});
   // The plan is built on the host from the choices.
@@ -268,12 +265,10 @@ void DeviceLayer<Backend>::route(const float* x, std::int64_t num_tokens) {
   r.num_tokens = num_tokens;
   layer_detail::grow(r.expert, num_tokens * k);
   layer_detail::grow(r.weight, num_tokens * k);
-  r.counts.resize(static_cast<std::size_t>(num_experts));
   r.prob_sum.resize(static_cast<std::size_t>(num_experts));
   const auto first = static_cast<std::size_t>(num_tokens * k);
   backend_.download(static_cast<const std::int32_t*>(expert_.data()), std::span(r.expert).first(first));
   backend_.download(static_cast<const float*>(weight_.data()), std::span(r.weight).first(first));
-  backend_.download(static_cast<const std::int64_t*>(counts_.data()), std::span(r.counts));
   backend_.download(static_cast<const double*>(prob_sum_.data()), std::span(r.prob_sum));
   backend_.download(static_cast<const double*>(lse_sq_.data()), std::span(&r.logsumexp_sq_sum, 1));
 }
@@ -400,7 +395,6 @@ ChunkTimings DeviceLayer<Backend>::timed_seconds() {
           .experts = backend_.seconds(Mark::experts_start, Mark::experts_end)};
 }
 
-
 template <LayerBackend Backend>
 void DeviceLayer<Backend>::expert_forward(int c) {
   const std::int64_t d = config_.d_model, first = plan_.chunk_recv_begin(c), count = plan_.chunk_recv_rows(c);
@@ -514,77 +508,26 @@ void DeviceLayer<Backend>::update_selection_bias() {
   backend_.synchronize();
 }
 
-// One allgather of every rank's partial sums, added in rank order: the losses and counts are
-// bitwise identical on every rank and every run (SPEC.md sections 7, 9 and 10).
+// The statistics as the Dispatcher gathers them (runtime/plan_statistics.hpp), carrying the
+// router's partial sums: the losses and counts are bitwise identical on every rank and every run
+// (SPEC.md sections 7, 9 and 10).
 template <LayerBackend Backend>
 void DeviceLayer<Backend>::reduce_statistics() {
   const std::int64_t num_experts = config_.num_experts;
-  enum Scalar { lse_sq, tokens, dropped_assignments, dropped_tokens, remote_rows, exchange_s, dispatch_s,
-                return_s, experts_s, num_scalars };
-  const std::int64_t width = 3 * num_experts + num_scalars;
-  stat_local_.resize(static_cast<std::size_t>(width));
-  stat_all_.resize(static_cast<std::size_t>(width * size_));
-  for (std::int64_t e = 0; e < num_experts; ++e) {
-    stat_local_[e] = static_cast<double>(routing_.counts[e]);
-    stat_local_[num_experts + e] = static_cast<double>(plan_.kept[e]);
-    stat_local_[2 * num_experts + e] = routing_.prob_sum[e];
-  }
-  double* scalars = stat_local_.data() + 3 * num_experts;
-  scalars[lse_sq] = routing_.logsumexp_sq_sum;
-  scalars[tokens] = static_cast<double>(plan_.num_tokens);
-  scalars[dropped_assignments] = static_cast<double>(plan_.dropped_assignments);
-  scalars[dropped_tokens] = static_cast<double>(plan_.dropped_tokens);
-  // Rows kept for this rank's own experts never cross the network; what leaves comes back.
-  scalars[remote_rows] = static_cast<double>(plan_.num_send_rows() - plan_.send_rows_to(rank_) +
-                                             plan_.num_recv_rows() - plan_.recv_rows_from(rank_));
-  const ChunkTimings timed = auto_pending_ ? timed_seconds() : ChunkTimings{};
-  scalars[exchange_s] = timed.exchange;
-  scalars[dispatch_s] = timed.dispatch;
-  scalars[return_s] = timed.back;
-  scalars[experts_s] = timed.experts;
-  control_.allgather(reinterpret_cast<const std::byte*>(stat_local_.data()),
-                     reinterpret_cast<std::byte*>(stat_all_.data()), static_cast<std::size_t>(width) * sizeof(double));
-
+  // The group sums: prob_sum [E], then the squared log-sum-exps.
+  group_sums_.resize(static_cast<std::size_t>(num_experts + 1));
+  std::copy(routing_.prob_sum.begin(), routing_.prob_sum.end(), group_sums_.begin());
+  group_sums_.back() = routing_.logsumexp_sq_sum;
+  // One level of exchange: no node boundary is drawn, so no inter-node traffic is counted.
+  const RankTraffic mine{.wire_row_bytes = static_cast<std::int64_t>(row_bytes()), .internode = {},
+                         .timings = auto_pending_ ? timed_seconds() : ChunkTimings{}};
   ForwardStats& stats = result_.stats;
-  stats.expert_counts.assign(static_cast<std::size_t>(num_experts), 0);
-  stats.expert_kept.assign(static_cast<std::size_t>(num_experts), 0);
-  stats.rows_to_peer.resize(static_cast<std::size_t>(size_));
-  stats.rows_from_peer.resize(static_cast<std::size_t>(size_));
-  stats.bytes_sent.resize(static_cast<std::size_t>(size_));
-  stats.bytes_received.resize(static_cast<std::size_t>(size_));
-  stats.total_tokens = stats.dropped_assignments = stats.dropped_tokens = 0;
-  std::vector<double>& prob_sum = group_prob_sum_;
-  prob_sum.assign(static_cast<std::size_t>(num_experts), 0.0);
-  double lse_sq_total = 0;
-  for (int r = 0; r < size_; ++r) {
-    stats.rows_to_peer[static_cast<std::size_t>(r)] = plan_.send_rows_to(r);
-    stats.rows_from_peer[static_cast<std::size_t>(r)] = plan_.recv_rows_from(r);
-    const double* row = stat_all_.data() + r * width;
-    for (std::int64_t e = 0; e < num_experts; ++e) {
-      stats.expert_counts[e] += static_cast<std::int64_t>(row[e]);
-      stats.expert_kept[e] += static_cast<std::int64_t>(row[num_experts + e]);
-      prob_sum[static_cast<std::size_t>(e)] += row[2 * num_experts + e];
-    }
-    const double* s = row + 3 * num_experts;
-    lse_sq_total += s[lse_sq];
-    stats.total_tokens += static_cast<std::int64_t>(s[tokens]);
-    stats.dropped_assignments += static_cast<std::int64_t>(s[dropped_assignments]);
-    stats.dropped_tokens += static_cast<std::int64_t>(s[dropped_tokens]);
-    stats.bytes_sent[static_cast<std::size_t>(r)] = stats.bytes_received[static_cast<std::size_t>(r)] =
-        static_cast<std::int64_t>(s[remote_rows]) * static_cast<std::int64_t>(row_bytes());
-  }
-  set_losses(lse_sq_total);
-  stats.set_load_spread();
+  const std::span<const ChunkTimings> ranks = statistics_.gather(control_, plan_, mine, group_sums_, stats);
+  set_losses(group_sums_.back());
 
   if (auto_pending_) {
     // Every rank decides from the same gathered numbers, so all choose the same count.
     auto_pending_ = false;
-    std::vector<ChunkTimings> ranks(static_cast<std::size_t>(size_));
-    for (int r = 0; r < size_; ++r) {
-      const double* s = stat_all_.data() + r * width + 3 * num_experts;
-      ranks[static_cast<std::size_t>(r)] = {.exchange = s[exchange_s], .dispatch = s[dispatch_s],
-                                            .back = s[return_s], .experts = s[experts_s]};
-    }
     std::int64_t kept = 0;
     for (auto n : stats.expert_kept) kept += n;
     // The marks time each exchange on its own lane: transfers, not waits for the other one.
@@ -605,7 +548,7 @@ void DeviceLayer<Backend>::set_losses(double lse_sq_total) {
   double balance = 0;
   for (std::size_t e = 0; e < stats.expert_counts.size(); ++e) {
     const double f = static_cast<double>(stats.expert_counts[e]) / (total * static_cast<double>(config_.top_k));
-    balance += f * (group_prob_sum_[e] / total);
+    balance += f * (group_sums_[e] / total);
   }
   result_.aux_loss = config_.aux_loss_coef * static_cast<double>(config_.num_experts) * balance;
   result_.z_loss = config_.z_loss_coef * lse_sq_total / total;
